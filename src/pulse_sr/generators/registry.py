@@ -1,0 +1,70 @@
+"""``load_generator``: one entry point from a name or a path to a ready generator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pulse_sr.errors import WeightsError
+from pulse_sr.generators.base import FaceGenerator
+
+#: name -> one-line description, in the order users see them
+GENERATORS: dict[str, str] = {
+    "dcgan-digiface": "64x64 DCGAN trained on DigiFace-1M, z in R^100 (embedded default; MIT, gan-face-generate 1.1.1)",
+    "stylegan1": "PULSE's StyleGAN1 FFHQ 1024 (bring synthesis.pt and mapping.pt: --weights DIR)",
+    "tiny": "32x32 random-init StyleGAN-like network for tests (not a face model)",
+}
+DEFAULT_GENERATOR = "dcgan-digiface"
+
+
+def load_generator(
+    name_or_path: str | Path = DEFAULT_GENERATOR,
+    *,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> FaceGenerator:
+    """Load a generator by name (see :data:`GENERATORS`) or from a weights path.
+
+    A path may be a folder with PULSE's ``synthesis.pt`` and ``mapping.pt``
+    (StyleGAN1) or a ``gan-face-generate`` ``weights.tar`` (DCGAN). The result
+    is in eval mode with frozen parameters.
+    """
+    name = str(name_or_path)
+    if name == "dcgan-digiface":
+        from pulse_sr.generators.dcgan import load_dcgan_digiface
+
+        return load_dcgan_digiface(weights, device=device)
+    if name == "stylegan1":
+        if weights is None:
+            raise WeightsError(
+                "stylegan1 needs its weights: --weights DIR with PULSE's synthesis.pt and mapping.pt"
+            )
+        from pulse_sr.generators.stylegan1 import load_stylegan1
+
+        return load_stylegan1(weights, device=device)
+    if name == "tiny":
+        if weights is not None:
+            raise WeightsError("tiny is generated from a seed and takes no weights")
+        from pulse_sr.generators.tiny import make_tiny_generator
+
+        return make_tiny_generator(device=device)
+    path = Path(name)
+    if weights is None and (path.exists() or "/" in name or name.endswith((".pt", ".tar", ".pkl"))):
+        return _load_from_path(path, device)
+    raise WeightsError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)} (or a weights path)")
+
+
+def _load_from_path(path: Path, device: str | torch.device) -> FaceGenerator:
+    if path.is_dir():
+        if (path / "synthesis.pt").exists() or (path / "mapping.pt").exists():
+            from pulse_sr.generators.stylegan1 import load_stylegan1
+
+            return load_stylegan1(path, device=device)
+        raise WeightsError(f"{path}: folder holds no synthesis.pt / mapping.pt (PULSE StyleGAN1 weights)")
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file or folder")
+    if path.suffix == ".tar":
+        from pulse_sr.generators.dcgan import load_dcgan_digiface
+
+        return load_dcgan_digiface(path, device=device)
+    raise WeightsError(f"{path}: unsupported weights format (expected a StyleGAN1 folder or a DCGAN weights.tar)")

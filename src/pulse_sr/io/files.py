@@ -1,0 +1,151 @@
+"""Atomic output: files written under a temporary name then renamed, and
+folders built next to their final place then renamed when complete.
+
+A killed process may leave a hidden ``.<name>.partial-<pid>-<random>`` folder
+(or a temporary ``.<name>.<random>.tmp`` file) behind, never a final folder
+or file that looks complete. :func:`staged_dir` removes stale partial folders
+of dead processes (on this host) the next time the same output is staged.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+PARTIAL_TAG = ".partial-"
+OLD_TAG = ".old-"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Best effort: make a rename inside ``path`` durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but not ours, or cannot tell: leave it alone
+    return True
+
+
+def clean_stale(final_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove ``.<name>.partial-*`` / ``.<name>.old-*`` folders left by dead processes.
+
+    Folders whose process id is still alive (or unreadable) are kept. Returns
+    the removed paths.
+    """
+    final_dir = Path(final_dir)
+    parent, name = final_dir.parent, final_dir.name
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for tag in (PARTIAL_TAG, OLD_TAG):
+        prefix = f".{name}{tag}"
+        for p in parent.glob(f"{glob_escape(prefix)}*"):
+            if not p.is_dir() or p.is_symlink():
+                continue
+            pid_text = p.name[len(prefix):].split("-", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters in a literal name."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+@contextlib.contextmanager
+def staged_dir(final_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary folder next to ``final_dir``; rename it into place on success.
+
+    On an exception (including KeyboardInterrupt) the temporary folder is
+    removed and the exception propagates. When ``final_dir`` already exists it
+    is replaced only with ``overwrite=True`` (the old one is moved aside,
+    the new one renamed in, then the old one deleted); otherwise
+    ``FileExistsError`` is raised and nothing changes.
+    """
+    final_dir = Path(final_dir)
+    parent = final_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final_dir)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final_dir.name}{PARTIAL_TAG}{os.getpid()}-"))
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        _commit(tmp, final_dir, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _commit(tmp: Path, final_dir: Path, *, overwrite: bool) -> None:
+    parent = final_dir.parent
+    if not (final_dir.exists() or final_dir.is_symlink()):
+        try:
+            os.rename(tmp, final_dir)
+            _fsync_dir(parent)
+            return
+        except OSError:
+            if not final_dir.exists():
+                raise
+            # someone created it meanwhile: fall through to the exists case
+    if not overwrite:
+        raise FileExistsError(f"{final_dir} already exists (use overwrite to replace it)")
+    old = parent / f".{final_dir.name}{OLD_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(final_dir, old)
+    try:
+        os.rename(tmp, final_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(old, final_dir)
+        raise
+    _fsync_dir(parent)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            old.unlink()

@@ -1,0 +1,239 @@
+"""Load input images as RGB tensors, fit them to a generator, save PNGs.
+
+Tensors are ``[3, H, W]`` float32 in [0, 1]. Every problem with an input is an
+:class:`~pulse_sr.errors.ImageError` (or :class:`~pulse_sr.errors.SizeError`)
+with one line naming the file.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from pulse_sr.errors import ImageError, SizeError
+from pulse_sr.io.files import atomic_write_bytes
+
+#: Pillow formats we decode (no Ghostscript, no exotic plugins)
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
+MIN_SIDE = 4
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Read an image file as ``[3, H, W]`` float32 RGB in [0, 1].
+
+    EXIF orientation is applied; transparency is composited on white; 16-bit
+    images keep their full range; animated images give their first frame.
+    """
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise ImageError(f"{name}: file not found")
+    if p.is_dir():
+        raise ImageError(f"{name}: is a directory, not an image file")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+    if size == 0:
+        raise ImageError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p, formats=_formats()) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{name}: too many pixels ({w}x{h} = {w * h:,}; the limit is {max_pixels:,})"
+                    )
+                if w < MIN_SIDE or h < MIN_SIDE:
+                    raise ImageError(f"{name}: too small ({w}x{h}; at least {MIN_SIDE}x{MIN_SIDE} needed)")
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                try:
+                    img.load()
+                except Image.DecompressionBombError:
+                    raise
+                except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+                    raise ImageError(f"{name}: truncated or corrupt image data ({_short(e)})") from None
+                return _to_tensor(_orient(img))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too many pixels ({_short(e)})") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name}: not an image (or not a supported format: PNG, JPEG, WebP, BMP, TIFF, GIF)"
+        ) from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: cannot read image ({_short(e)})") from None
+
+
+def _formats() -> list[str]:
+    """Our formats that this Pillow build can open (JPEG also yields camera MPO files)."""
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN]
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _orient(img: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a broken EXIF block is ignored (image used as stored)."""
+    try:
+        out = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not make a good image unreadable
+        return img
+    return out if out is not None else img
+
+
+def _to_tensor(img: Image.Image) -> Tensor:
+    """Any Pillow mode -> ``[3, H, W]`` float32 in [0, 1]."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            a = np.clip(a, 0, None) / float(2**31 - 1)  # 32-bit integer data
+        else:
+            a = a / 65535.0
+        grey = np.clip(a, 0.0, 1.0).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(grey))[None].expand(3, -1, -1).contiguous()
+    if mode == "F":
+        a = np.asarray(img).astype(np.float32)
+        a = np.nan_to_num(a, nan=0.0)
+        if a.size and a.max() > 1.0:
+            a = a / 255.0
+        grey = np.clip(a, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(grey))[None].expand(3, -1, -1).contiguous()
+
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("L", "1") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    elif mode == "RGB" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif mode not in ("RGB", "RGBA"):
+        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+
+    a = np.asarray(img)
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    x = a.astype(np.float32) / scale
+    if x.ndim == 2:
+        x = np.repeat(x[:, :, None], 3, axis=2)
+    if x.shape[2] == 4:
+        rgb, alpha = x[:, :, :3], x[:, :, 3:4]
+        x = rgb * alpha + (1.0 - alpha)  # composite on white
+    x = np.clip(x[:, :, :3], 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def valid_input_sizes(resolution: int) -> list[int]:
+    """Square input sides a ``resolution`` generator can match: divisors >= 4 with factor >= 2."""
+    return [s for s in range(MIN_SIDE, resolution // 2 + 1) if resolution % s == 0]
+
+
+def _or_list(items: list[int]) -> str:
+    words = [str(i) for i in items]
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def nearest_size(side: int, sizes: list[int]) -> int:
+    """The size nearest to ``side`` in log scale (ties go to the larger size)."""
+    def key(s: int) -> tuple[Fraction, int]:
+        return Fraction(max(s, side), min(s, side)), -s
+
+    return min(sizes, key=key)
+
+
+def fit_to_generator(
+    img: Tensor,
+    resolution: int,
+    *,
+    resize: bool = False,
+    center_crop: bool = False,
+    name: str = "input",
+) -> tuple[Tensor, list[str]]:
+    """Make ``img [3, H, W]`` a valid search target; returns ``(target, notes)``.
+
+    Non-square inputs need ``center_crop``; sides the generator cannot take
+    need ``resize`` (bicubic, antialiased, to the nearest valid size).
+    """
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise SizeError(f"{name}: expected a [3, H, W] RGB image, got shape {list(img.shape)}")
+    notes: list[str] = []
+    h, w = int(img.shape[1]), int(img.shape[2])
+    if h != w:
+        s = min(h, w)
+        if not center_crop:
+            raise SizeError(
+                f"{name}: input is {w}x{h}, not square; use --center-crop to crop the central {s}x{s}"
+            )
+        top, left = (h - s) // 2, (w - s) // 2
+        img = img[:, top : top + s, left : left + s]
+        notes.append(f"center-cropped {w}x{h} to the central {s}x{s} (left {left}, top {top})")
+        h = w = s
+    sizes = valid_input_sizes(resolution)
+    if not sizes:
+        raise SizeError(f"{name}: a {resolution}x{resolution} generator takes no input size")
+    if h not in sizes:
+        target = nearest_size(h, sizes)
+        if not resize:
+            raise SizeError(
+                f"{name}: input is {w}x{h}; a {resolution}x{resolution} generator takes "
+                f"{_or_list(sizes)} pixel squares (use --resize to resize to the nearest: {target})"
+            )
+        img = resize_image(img, target)
+        notes.append(f"resized {w}x{h} to {target}x{target} (bicubic, antialiased)")
+    return img.contiguous().float(), notes
+
+
+def resize_image(img: Tensor, size: int) -> Tensor:
+    """Bicubic, antialiased resize of ``[3, H, W]`` to ``size x size``, clamped to [0, 1]."""
+    out = F.interpolate(
+        img[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False
+    )[0]
+    return out.clamp(0.0, 1.0)
+
+
+def to_uint8(img: Tensor) -> np.ndarray:
+    """``[3, H, W]`` (or ``[1, H, W]``) in [0, 1] -> ``[H, W, 3]`` uint8 (rounded, clamped)."""
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected a [3, H, W] image, got shape {list(img.shape)}")
+    x = img.detach().to("cpu", torch.float32)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    x = torch.nan_to_num(x, nan=0.0).mul(255.0).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous().numpy()
+
+
+def to_pil(img: Tensor) -> Image.Image:
+    """``[3, H, W]`` in [0, 1] -> 8-bit RGB Pillow image."""
+    return Image.fromarray(to_uint8(img))
+
+
+def png_bytes(img: Tensor) -> bytes:
+    """Encode ``[3, H, W]`` in [0, 1] as 8-bit RGB PNG bytes."""
+    buf = io.BytesIO()
+    to_pil(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(img: Tensor, path: str | os.PathLike[str]) -> None:
+    """Save ``[3, H, W]`` in [0, 1] as an 8-bit RGB PNG, atomically."""
+    atomic_write_bytes(path, png_bytes(img))

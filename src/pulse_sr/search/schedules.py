@@ -1,0 +1,37 @@
+"""Learning-rate schedules of PULSE: multipliers of the base lr at step ``t`` of ``steps``."""
+from __future__ import annotations
+
+from typing import Callable
+
+SCHEDULE_NAMES = ("fixed", "linear1cycle", "linear1cycledrop")
+
+
+def fixed(t: int, steps: int) -> float:
+    return 1.0
+
+
+def linear1cycle(t: int, steps: int) -> float:
+    """Triangle from 0.1 up to 1 at mid-run and back to 0.1."""
+    return (9 * (1 - abs(t / steps - 0.5) * 2) + 1) / 10
+
+
+def linear1cycledrop(t: int, steps: int) -> float:
+    """The triangle over the first 90% of steps, then a linear drop from 0.1 to 0.001."""
+    if t < 0.9 * steps:
+        return (9 * (1 - abs(t / (0.9 * steps) - 0.5) * 2) + 1) / 10
+    return 1 / 10 + (t - 0.9 * steps) / (0.1 * steps) * (1 / 1000 - 1 / 10)
+
+
+_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "fixed": fixed,
+    "linear1cycle": linear1cycle,
+    "linear1cycledrop": linear1cycledrop,
+}
+
+
+def lr_multiplier(name: str) -> Callable[[int, int], float]:
+    """The schedule ``f(t, steps)`` by name; ValueError names the known ones."""
+    try:
+        return _SCHEDULES[name]
+    except KeyError:
+        raise ValueError(f"unknown lr schedule {name!r}; known: {', '.join(SCHEDULE_NAMES)}") from None

@@ -1,0 +1,147 @@
+"""Search settings and results: plain dataclasses, no behaviour beyond summaries."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+OPTIMIZERS = ("adam", "sgd", "sgdm", "adamax")
+SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
+NOISE_TYPES = ("trainable", "fixed", "zero")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every knob of the PULSE search. Defaults are the original's (CVPR 2020 code)."""
+
+    steps: int = 100
+    eps: float = 2e-3
+    loss: str = "100*L2+0.05*GEOCROSS"
+    lr: float = 0.4
+    optimizer: str = "adam"
+    schedule: str = "linear1cycledrop"
+    noise: str = "trainable"
+    num_trainable_noise: int = 5
+    bad_noise_layers: tuple[int, ...] = (17,)
+    tile_latent: bool = False
+    #: keep optimising a candidate after it is within eps (the original always ran all steps)
+    run_all_steps: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["bad_noise_layers"] = list(self.bad_noise_layers)
+        return d
+
+
+@dataclass
+class Candidate:
+    """One face found by the search, with its own proof.
+
+    hr: [3, R, R] in [0, 1]; lr: [3, h, w] in [0, 1] = bicubic_downsample(hr);
+    l2: mean squared error between lr and the input (both in [0, 1]);
+    converged: l2 <= eps.
+    """
+
+    index: int
+    seed: int
+    hr: Tensor
+    lr: Tensor
+    l2: float
+    converged: bool
+    steps: int
+    best_step: int
+    seconds: float
+    latent: Tensor
+    ws: Tensor
+    noise: list[Tensor]
+    loss_history: list[float]
+    l2_history: list[float]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "seed": self.seed,
+            "steps_run": self.steps,
+            "best_step": self.best_step,
+            "final_l2": self.l2,
+            "converged": self.converged,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class SearchResult:
+    """All candidates of one search, batched.
+
+    hr [n, 3, R, R] and lr [n, 3, h, w] in [0, 1]; latents [n, L, w_dim] (the
+    search variable on its sphere; L = num_ws, or 1 when tiled); ws [n, num_ws, w_dim]
+    (what synthesis received); l2 [n]; converged [n] bool; steps [n];
+    loss_history / l2_history [steps_run, n] (nan once a candidate stopped).
+    """
+
+    target: Tensor
+    hr: Tensor
+    lr: Tensor
+    latents: Tensor
+    ws: Tensor
+    noise: list[Tensor]
+    l2: Tensor
+    converged: Tensor
+    steps: Tensor
+    best_step: Tensor
+    seconds: Tensor
+    seeds: list[int]
+    loss_history: Tensor
+    l2_history: Tensor
+    eps: float
+    settings: SearchSettings = field(default_factory=SearchSettings)
+
+    @property
+    def n(self) -> int:
+        return self.hr.shape[0]
+
+    def candidates(self) -> list[Candidate]:
+        out = []
+        for k in range(self.n):
+            alive = ~torch.isnan(self.l2_history[:, k])
+            out.append(
+                Candidate(
+                    index=k,
+                    seed=self.seeds[k],
+                    hr=self.hr[k],
+                    lr=self.lr[k],
+                    l2=float(self.l2[k]),
+                    converged=bool(self.converged[k]),
+                    steps=int(self.steps[k]),
+                    best_step=int(self.best_step[k]),
+                    seconds=float(self.seconds[k]),
+                    latent=self.latents[k],
+                    ws=self.ws[k],
+                    noise=[t[k] for t in self.noise],
+                    loss_history=self.loss_history[alive, k].tolist(),
+                    l2_history=self.l2_history[alive, k].tolist(),
+                )
+            )
+        return out
+
+
+@dataclass
+class StepInfo:
+    """What the progress callback sees after each step.
+
+    step: 1-based step just finished; l2 [n] current per-candidate L2 (best so far);
+    converged [n] bool; active [n] bool (still optimising); hr: [n, 3, R, R] in [0, 1]
+    current best image of each candidate (detached, on CPU), only when the caller
+    asked for images.
+    """
+
+    step: int
+    total_steps: int
+    l2: Tensor
+    best_l2: Tensor
+    converged: Tensor
+    active: Tensor
+    hr: Tensor | None = None
