@@ -1,14 +1,9 @@
 """StyleGAN1 (PULSE) port: parity with the original code's outputs, strict loading, small configs."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,63 +14,7 @@ from pulse_sr.generators.base import file_sha256
 from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1
 from pulse_sr.search.gaussian_fit import fit_gaussian
 
-REL_TOL = 1e-5
-
-
-def reference_dir() -> Path:
-    env = os.environ.get("PULSE_SR_REFERENCE")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-    if not (path / "pulse_golden.npz").is_file():
-        pytest.fail(f"reference data not found in {path} (set PULSE_SR_REFERENCE to the folder with pulse_golden.npz)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def reference() -> Path:
-    return reference_dir()
-
-
-@pytest.fixture(scope="session")
-def golden(reference: Path) -> dict[str, np.ndarray]:
-    with np.load(reference / "pulse_golden.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
-@pytest.fixture(scope="session")
-def key_spec(reference: Path) -> dict:
-    return json.loads((reference / "stylegan1_pulse_keys.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def weights_dir(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PULSE-format stand-in weights written by the reference script."""
-    out = tmp_path_factory.mktemp("stylegan1_weights")
-    subprocess.run([sys.executable, str(reference / "deterministic_weights.py"), str(out)], check=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def gen(weights_dir: Path) -> StyleGAN1Generator:
-    return load_stylegan1(weights_dir)
-
-
-@pytest.fixture(scope="module")
-def synth_out(gen: StyleGAN1Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Inputs regenerated as the reference README says, and the 1024 output (computed once)."""
-    g = torch.Generator().manual_seed(2)
-    dl = torch.randn(1, 18, 512, generator=g)
-    noise = [torch.randn(1, 1, 2 ** (i // 2 + 2), 2 ** (i // 2 + 2), generator=g) for i in range(18)]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = gen.synthesis(dl, noise)
-    return dl, out, time.perf_counter() - start
-
-
-def assert_close(actual: torch.Tensor, expected: np.ndarray, rel: float = REL_TOL) -> None:
-    exp = torch.from_numpy(np.asarray(expected)).to(actual.dtype)
-    assert actual.shape == exp.shape
-    err = (actual - exp).abs().max().item() / max(exp.abs().max().item(), 1e-12)
-    assert err <= rel, f"max abs diff / max |expected| = {err:.3g} > {rel}"
+from conftest import REL_TOL, assert_close
 
 
 # -- parity with the original code ------------------------------------------------------------

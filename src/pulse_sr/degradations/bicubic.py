@@ -37,6 +37,15 @@ def bicubic_kernel_1d(factor: int, dtype: torch.dtype = torch.float32) -> Tensor
     return (taps / taps.sum()).to(dtype)
 
 
+#: smallest input side the search accepts
+MIN_SIDE = 4
+
+
+def valid_input_sizes(resolution: int) -> list[int]:
+    """Square input sides a ``resolution`` generator can match: divisors >= 4 with factor >= 2."""
+    return [s for s in range(MIN_SIDE, resolution // 2 + 1) if resolution % s == 0]
+
+
 def _check_factor(factor: int) -> None:
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ValueError(f"bicubic downscale factor must be a positive integer, got {factor!r}")

@@ -35,6 +35,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
@@ -44,6 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get normal modes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -113,6 +120,7 @@ def staged_dir(final_dir: str | os.PathLike[str], *, overwrite: bool = False) ->
     parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final_dir)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final_dir.name}{PARTIAL_TAG}{os.getpid()}-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         _fsync_dir(tmp)

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from pulse_sr.degradations.bicubic import MIN_SIDE, valid_input_sizes
 from pulse_sr.errors import ImageError, SizeError
 from pulse_sr.io.files import atomic_write_bytes
 
 #: Pillow formats we decode (no Ghostscript, no exotic plugins)
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
-MIN_SIDE = 4
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
@@ -139,11 +139,6 @@ def _to_tensor(img: Image.Image) -> Tensor:
         x = rgb * alpha + (1.0 - alpha)  # composite on white
     x = np.clip(x[:, :, :3], 0.0, 1.0)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-def valid_input_sizes(resolution: int) -> list[int]:
-    """Square input sides a ``resolution`` generator can match: divisors >= 4 with factor >= 2."""
-    return [s for s in range(MIN_SIDE, resolution // 2 + 1) if resolution % s == 0]
 
 
 def _or_list(items: list[int]) -> str:

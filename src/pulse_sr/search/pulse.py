@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pulse_sr.degradations.bicubic import BicubicDownsample
+from pulse_sr.degradations.bicubic import BicubicDownsample, valid_input_sizes
 from pulse_sr.errors import SizeError
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.latents import initial_state
@@ -80,7 +80,7 @@ def prepare_target(target: Tensor, resolution: int) -> tuple[Tensor, int]:
     if h != w:
         raise SizeError(f"target is {w}x{h}; PULSE needs a square input")
     if resolution % h or resolution // h < 2:
-        sizes = [s for s in range(4, resolution // 2 + 1) if resolution % s == 0]
+        sizes = valid_input_sizes(resolution)
         raise SizeError(
             f"target is {h}x{h}; a {resolution}x{resolution} generator takes "
             f"{', '.join(map(str, sizes))} pixel squares"

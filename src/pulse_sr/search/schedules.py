@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-SCHEDULE_NAMES = ("fixed", "linear1cycle", "linear1cycledrop")
+from pulse_sr.search.settings import SCHEDULES
 
 
 def fixed(t: int, steps: int) -> float:
@@ -34,4 +34,4 @@ def lr_multiplier(name: str) -> Callable[[int, int], float]:
     try:
         return _SCHEDULES[name]
     except KeyError:
-        raise ValueError(f"unknown lr schedule {name!r}; known: {', '.join(SCHEDULE_NAMES)}") from None
+        raise ValueError(f"unknown lr schedule {name!r}; known: {', '.join(SCHEDULES)}") from None

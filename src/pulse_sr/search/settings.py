@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch stays out of import time, so the CLI's --help is fast
+    from torch import Tensor
 
 OPTIMIZERS = ("adam", "sgd", "sgdm", "adamax")
 SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
@@ -104,6 +104,8 @@ class SearchResult:
         return self.hr.shape[0]
 
     def candidates(self) -> list[Candidate]:
+        import torch
+
         out = []
         for k in range(self.n):
             alive = ~torch.isnan(self.l2_history[:, k])

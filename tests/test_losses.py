@@ -1,0 +1,93 @@
+"""Loss terms (parity with the original), loss strings, schedules, sphere projection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import REL_TOL
+from pulse_sr.degradations.bicubic import bicubic_downsample
+from pulse_sr.search.losses import (
+    evaluate_loss,
+    l2_per_image,
+    loss_geocross,
+    loss_l1,
+    loss_l2,
+    parse_loss,
+)
+from pulse_sr.search.schedules import lr_multiplier
+from pulse_sr.search.sphere import latent_dims, noise_dims, project_to_sphere_, sphere_norm
+
+
+@pytest.fixture(scope="module")
+def loss_inputs(synth_out: tuple, golden: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dl, out, _ = synth_out
+    gen_im = (out + 1) / 2
+    ref = torch.from_numpy(golden["bicubic_1024_f32"])
+    return dl, bicubic_downsample(gen_im, 32), ref
+
+
+@pytest.mark.slow
+def test_loss_terms_match_original(loss_inputs: tuple, golden: dict) -> None:
+    dl, lr, ref = loss_inputs
+    eps = 2e-3
+    assert loss_l2(lr, ref, eps).item() == pytest.approx(golden["loss_L2"][0], rel=REL_TOL)
+    assert loss_l1(lr, ref, eps).item() == pytest.approx(golden["loss_L1"][0], rel=REL_TOL)
+    assert loss_geocross(dl).item() == pytest.approx(golden["loss_GEOCROSS"][0], rel=REL_TOL)
+    total, parts = evaluate_loss(parse_loss("100*L2+0.05*GEOCROSS+1*L1"), lr, ref, dl, eps)
+    assert total.item() == pytest.approx(golden["loss_total_100L2_0.05GEOCROSS_1L1"][0], rel=REL_TOL)
+    assert set(parts) == {"L2", "L1", "GEOCROSS"}
+
+
+def test_l2_clamped_at_eps_per_image() -> None:
+    ref = torch.zeros(1, 3, 4, 4)
+    lr = torch.stack([torch.full((3, 4, 4), 0.01), torch.full((3, 4, 4), 0.5)])
+    assert torch.allclose(l2_per_image(lr, ref), torch.tensor([1e-4, 0.25]))
+    assert torch.allclose(loss_l2(lr, ref, 2e-3), torch.tensor([2e-3, 0.25]))
+    assert torch.allclose(loss_l1(lr, ref, 2e-3), torch.tensor([0.1, 5.0]))
+
+
+def test_geocross_per_candidate_and_single_layer_zero() -> None:
+    ws = torch.randn(3, 6, 16)
+    per = loss_geocross(ws)
+    assert per.shape == (3,)
+    assert torch.allclose(per[1], loss_geocross(ws[1:2])[0])
+    assert torch.equal(loss_geocross(torch.randn(2, 1, 16)), torch.zeros(2))
+    same = torch.randn(1, 1, 16).expand(1, 5, 16).contiguous()
+    assert loss_geocross(same).item() < 1e-6 < loss_geocross(ws[:1]).item()
+
+
+def test_parse_loss() -> None:
+    spec = parse_loss("100*L2+0.05*GEOCROSS")
+    assert spec.terms == ((100.0, "L2"), (0.05, "GEOCROSS"))
+    assert parse_loss("L1 + 1e-2*geocross").terms == ((1.0, "L1"), (0.01, "GEOCROSS"))
+    assert str(spec) == "100*L2+0.05*GEOCROSS"
+    for bad, msg in [("", "empty"), ("100*L3", "unknown loss term"), ("GEOCROSS", "no data term"),
+                     ("L2+L2", "twice"), ("a*L2", "cannot read")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_loss(bad)
+
+
+def test_schedules_match_pulse_formulas() -> None:
+    drop = lr_multiplier("linear1cycledrop")
+    assert drop(0, 100) == pytest.approx(0.1)
+    assert drop(45, 100) == pytest.approx(1.0)
+    assert drop(89, 100) == pytest.approx((9 * (1 - abs(89 / 90 - 0.5) * 2) + 1) / 10)
+    assert drop(90, 100) == pytest.approx(0.1)
+    assert drop(99, 100) == pytest.approx(0.1 + 0.9 * (0.001 - 0.1))
+    cyc = lr_multiplier("linear1cycle")
+    assert cyc(0, 100) == pytest.approx(0.1) and cyc(50, 100) == pytest.approx(1.0)
+    assert lr_multiplier("fixed")(37, 100) == 1.0
+    with pytest.raises(ValueError, match="known: fixed"):
+        lr_multiplier("cosine")
+
+
+def test_sphere_projection_keeps_radius_per_row() -> None:
+    latent = torch.randn(2, 3, 8)
+    noise = torch.randn(2, 1, 4, 4)
+    r_lat, r_noise = sphere_norm(latent, latent_dims(latent)), sphere_norm(noise, noise_dims(noise))
+    assert r_lat.shape == (2, 3, 1) and r_noise.shape == (2, 1, 1, 1)
+    moved = latent * torch.rand(2, 3, 1) * 5 + 0.01
+    project_to_sphere_(moved, r_lat, latent_dims(moved))
+    assert torch.allclose(sphere_norm(moved, (2,)), r_lat, atol=1e-5)
+    project_to_sphere_(noise.mul_(3), r_noise, noise_dims(noise))
+    assert torch.allclose(sphere_norm(noise, (2, 3)), r_noise, atol=1e-5)
