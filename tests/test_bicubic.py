@@ -63,8 +63,8 @@ def test_linear_and_batch_independent() -> None:
 
 
 def test_gradcheck() -> None:
-    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: bicubic_downsample(t, 4), (x,))
+    x = torch.rand(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: bicubic_downsample(t, 2), (x,))
 
 
 @pytest.mark.parametrize("factor", [0, -2, 2.0, True])

@@ -165,6 +165,23 @@ def test_nothing_converges_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "WARNING no candidate within eps=1e-09" in stderr and "marked not converged" in stderr
     rep = json.loads((out / "f" / "report.json").read_text())
     assert rep["any_converged"] is False and not any(c["converged"] for c in rep["candidates"])
+    # The original wrote nothing when eps was missed; we write every candidate, marked.
+    assert all((out / "f" / f"{kind}_{k:02d}.png").is_file() for kind in ("hr", "lr") for k in range(2))
+
+
+def test_rgba_grey_and_palette_inputs_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[:4, :, 3] = 0  # transparent top half -> white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8), "L").save(tmp_path / "grey.png")
+    Image.fromarray(np.full((8, 8, 3), 60, dtype=np.uint8)).convert("P").save(tmp_path / "pal.png")
+    out = tmp_path / "out"
+    code, _, stderr = run(["run", tmp_path, "-o", out, *FAST, "--eps", "1"], capsys)
+    assert code == 0, stderr
+    target = read(out / "rgba" / "input.png")
+    assert torch.allclose(target[:, 0, 0], torch.ones(3)) and target[0, 7, 0] == pytest.approx(200 / 255)
+    assert torch.allclose(read(out / "grey" / "input.png"), torch.full((3, 8, 8), 90 / 255))
 
 
 def test_save_intermediate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

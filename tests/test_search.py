@@ -47,24 +47,25 @@ def assert_proof(result, target: torch.Tensor, eps: float) -> None:
 
 
 # -- planted solutions -------------------------------------------------------------------------
-def test_planted_tiny_8_of_10(tiny) -> None:
+def solved_planted(gen, factor: int, problems: int = 10) -> int:
+    """How many planted problems have at least one of n=4 candidates within eps (defaults)."""
     hits = 0
-    for seed in range(10):
-        target = planted(tiny, seed, 4)  # 8x8 -> 32x32
-        result = pulse_search(tiny, target, n=4, seed=seed)
+    for seed in range(problems):
+        target = planted(gen, seed, factor)
+        result = pulse_search(gen, target, n=4, seed=seed)
         assert_proof(result, target, 2e-3)
         hits += bool(result.converged.any())
+    return hits
+
+
+def test_planted_tiny_8_of_10(tiny) -> None:
+    hits = solved_planted(tiny, 4)  # 8x8 -> 32x32
     assert hits >= 8, f"only {hits}/10 planted problems solved within eps"
 
 
 @pytest.mark.slow
 def test_planted_dcgan_digiface_8_of_10(dcgan) -> None:
-    hits = 0
-    for seed in range(10):
-        target = planted(dcgan, seed, 4)  # 16x16 -> 64x64
-        result = pulse_search(dcgan, target, n=4, seed=seed)
-        assert_proof(result, target, 2e-3)
-        hits += bool(result.converged.any())
+    hits = solved_planted(dcgan, 4)  # 16x16 -> 64x64
     assert hits >= 8, f"only {hits}/10 planted problems solved within eps"
 
 
@@ -91,16 +92,21 @@ def test_candidates_differ(tiny, tiny_fit) -> None:
             assert (result.hr[i] - result.hr[j]).abs().mean() > 1e-2
 
 
-def test_batch_equals_independent_runs(tiny, tiny_fit) -> None:
+@pytest.mark.parametrize("optimizer, steps, lr, rel", [("adam", 1, 0.4, 1e-5), ("sgd", 10, 0.05, 1e-4)])
+def test_batch_equals_independent_runs(tiny, tiny_fit, optimizer: str, steps: int, lr: float, rel: float) -> None:
     # Candidates in one batch do not interact: candidate k follows the same path as a
-    # run of its own with seed + k (up to float rounding of batched convolutions).
+    # run of its own with seed + k. Batched convolutions round differently; Adam turns
+    # rounding-level gradients into full-size steps (g / sqrt(v)), so its paths are
+    # compared on the first step, SGD's (linear in the gradient) over many.
     target = planted(tiny, 1, 4)
-    common = dict(gaussian_fit=tiny_fit, steps=15, eps=1e-9)
+    common = dict(gaussian_fit=tiny_fit, steps=steps, eps=1e-9, optimizer=optimizer, lr=lr)
     batch = pulse_search(tiny, target, n=3, seed=10, **common)
     for k in range(3):
         single = pulse_search(tiny, target, n=1, seed=10 + k, **common)
-        assert single.l2_history[:, 0].tolist() == pytest.approx(batch.l2_history[:, k].tolist(), rel=1e-3)
-        assert torch.allclose(single.hr[0], batch.hr[k], atol=1e-3)
+        assert single.l2_history[:, 0].tolist() == pytest.approx(batch.l2_history[:, k].tolist(), rel=rel)
+        assert (single.hr[0] - batch.hr[k]).abs().max() < 1e-3
+    if steps > 1:
+        assert batch.l2_history[-1, 0] < batch.l2_history[0, 0]  # the SGD run does move
 
 
 def test_per_candidate_early_stop(tiny, tiny_fit) -> None:
@@ -166,11 +172,13 @@ def original_loop_l2(gen, target, fit, seed: int, steps: int) -> list[float]:
         gen_im = (gen.synthesis(latent_in, noise) + 1) / 2
         lr = bicubic_downsample(gen_im, gen.resolution // target.shape[-1])
         l2 = (lr - target[None]).pow(2).mean((1, 2, 3))
+        with torch.no_grad():  # what is recorded and checked: the clamped image's downscale
+            lr_clamped = bicubic_downsample(gen_im.clamp(0, 1), gen.resolution // target.shape[-1])
+            out.append((lr_clamped - target[None]).pow(2).mean().item())
         x, y = latent_in.view(-1, 1, gen.num_ws, gen.w_dim), latent_in.view(-1, gen.num_ws, 1, gen.w_dim)
         d = 2 * torch.atan2(((x - y).pow(2).sum(-1) + 1e-9).sqrt(), ((x + y).pow(2).sum(-1) + 1e-9).sqrt())
         geo = ((d.pow(2) * 512).mean((1, 2)) / 8.0).sum()
         loss = 100 * l2.clamp(min=2e-3).sum() + 0.05 * geo
-        out.append(l2.item())
         loss.backward()
         opt.step()
         with torch.no_grad():
@@ -201,7 +209,9 @@ def test_noise_types_and_sphere(tiny, tiny_fit) -> None:
     assert all(torch.equal(a, b) for a, b in zip(fixed.noise, start_noise))
     trainable = pulse_search(tiny, target, noise="trainable", bad_noise_layers=(6,), num_trainable_noise=5, **common)
     changed = [not torch.equal(a, b) for a, b in zip(trainable.noise, start_noise)]
-    assert changed[:5] == [True] * 5 and not any(changed[5:])
+    assert changed[:5] == [True] * 5 and not changed[5]
+    # Layer 6 is zeroed and, as in the original, draws nothing: layer 7 gets the next draw.
+    assert torch.equal(trainable.noise[7], start_noise[6])
     assert (trainable.noise[6] == 0).all()
     for a, b in zip(trainable.noise[:5], start_noise[:5]):  # kept on their spheres
         assert a.norm().item() == pytest.approx(b.norm().item(), rel=1e-4)
@@ -267,7 +277,7 @@ def test_bad_settings(tiny, tiny_fit, kwargs, error, match) -> None:
         pulse_search(tiny, torch.rand(3, 8, 8), gaussian_fit=tiny_fit, **kwargs)
 
 
-@pytest.mark.parametrize("shape, match", [((3, 8, 6), "square"), ((3, 7, 7), "takes 4, 8 or 16"), ((3, 32, 32), "takes"), ((1, 8, 8), "RGB")])
+@pytest.mark.parametrize("shape, match", [((3, 8, 6), "square"), ((3, 7, 7), "takes 4, 8, 16 pixel"), ((3, 32, 32), "takes"), ((1, 8, 8), "RGB")])
 def test_bad_target_sizes(tiny, tiny_fit, shape, match) -> None:
     with pytest.raises(SizeError, match=match):
         pulse_search(tiny, torch.rand(*shape), gaussian_fit=tiny_fit)

@@ -189,7 +189,9 @@ def pulse_search(
         hr = (G.synthesis(ws, [t[idx] for t in noise]) + 1) / 2
         lr_img = downsample(hr)
         total, _ = evaluate_loss(loss_spec, lr_img, target, ws, eps)
-        l2 = l2_per_image(lr_img, target).detach().cpu()
+        with torch.no_grad():
+            # eps is checked on what is returned: the clamped image's own downscale.
+            l2 = l2_per_image(downsample(hr.detach().clamp(0, 1)), target).cpu()
         total_cpu = total.detach().cpu()
         loss_hist[step, active] = total_cpu
         l2_hist[step, active] = l2
