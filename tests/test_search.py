@@ -219,6 +219,14 @@ def test_noise_types_and_sphere(tiny, tiny_fit) -> None:
     assert torch.allclose(trainable.latents.norm(dim=-1), start_latent.norm(dim=-1), rtol=1e-4)
 
 
+def test_dcgan_latent_on_sqrt_d_sphere(dcgan) -> None:
+    # No mapping network: z itself is searched, on the sphere of radius sqrt(100).
+    result = pulse_search(dcgan, planted(dcgan, 1, 4), n=2, steps=3, eps=1e-9)
+    assert result.latents.shape == (2, 1, 100)
+    assert torch.allclose(result.latents.norm(dim=-1), torch.full((2, 1), 10.0), atol=1e-4)
+    assert torch.equal(result.ws, result.latents)
+
+
 def test_tile_latent_and_optimizers(tiny, tiny_fit) -> None:
     target = planted(tiny, 8, 4)
     tiled = pulse_search(tiny, target, tile_latent=True, steps=5, gaussian_fit=tiny_fit)

@@ -4,6 +4,10 @@ Candidate ``k`` draws from its own ``torch.Generator`` seeded with ``seed + k``,
 in the original's order: the latent first, then each noise map that is not
 zero. A run with ``n = 1`` therefore starts exactly where the original PULSE
 code started with the same seed on a CPU (and seed 0 is a seed like any other).
+
+For a generator without a mapping network (the latent *is* ``z ~ N(0, I_d)``),
+the draw is put on the sphere of radius ``sqrt(d)`` where the prior's mass lies;
+with a mapping network each row keeps the norm of its draw, as in the original.
 """
 from __future__ import annotations
 
@@ -58,8 +62,11 @@ def initial_state(
                 noises[i].append(torch.zeros((1, *shape)))
             else:
                 noises[i].append(torch.randn((1, *shape), generator=rng))
+    latent = torch.cat(latents)
+    if not generator.has_mapping:
+        latent = latent * (generator.w_dim**0.5 / latent.norm(dim=-1, keepdim=True))
     return StartState(
-        latent=torch.cat(latents).to(device),
+        latent=latent.to(device),
         noise=[torch.cat(maps).to(device) for maps in noises],
         trainable=[kind == "trainable" for kind in plan],
     )
