@@ -301,3 +301,32 @@ def test_subprocess_bad_file_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert f"error: {tmp_path / 'broken.png'}: not an image" in proc.stderr
     assert not (tmp_path / "out" / "broken").exists()
+
+
+@pytest.mark.slow
+def test_stylegan1_weights_folder_end_to_end(tmp_path: Path, weights_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's PULSE weights folder through --weights: one 1024 step, real file output."""
+    from pulse_sr.generators.stylegan1 import load_stylegan1
+    from pulse_sr.search import gaussian_fit as gf
+
+    gen = load_stylegan1(weights_dir)
+    # Seed the cache with a small fit under the default key, so the test skips the 1M-sample fit.
+    mean, std = gf.fit_gaussian(gen, samples=4096)
+    path = gf.gaussian_fit_cache_path(gen.weights_hash, gf.DEFAULT_SAMPLES, gf.DEFAULT_SEED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"mean": mean, "std": std}, path)
+    write_rgb(tmp_path / "face.png", 32, 32)
+    out = tmp_path / "out"
+    code, _, stderr = run(["run", tmp_path / "face.png", "-o", out, "--generator", "stylegan1",
+                           "--weights", weights_dir, "--n", "1", "--steps", "1", "--quiet"], capsys)
+    assert code == 3, stderr  # one step does not reach eps; results are written anyway
+    rep = json.loads((out / "face" / "report.json").read_text())
+    assert rep["generator"]["weights_sha256"] == gen.weights_hash
+    assert rep["generator"]["resolution"] == 1024 and rep["input"]["used_size"] == [32, 32]
+    with Image.open(out / "face" / "hr_00.png") as im:
+        assert im.size == (1024, 1024)
+    hr = read(out / "face" / "hr_00.png")[None]
+    from pulse_sr.degradations.bicubic import bicubic_downsample
+
+    assert torch.allclose(bicubic_downsample(hr, 32)[0].clamp(0, 1), read(out / "face" / "lr_00.png"), atol=2 / 255)

@@ -257,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot load generator {args.generator!r}: {e}") from None
+    _announce_gaussian_fit(generator, quiet=args.quiet)
 
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -300,6 +301,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not_conv:
         return EXIT_NOT_CONVERGED
     return EXIT_OK
+
+
+def _announce_gaussian_fit(generator: Any, *, quiet: bool) -> None:
+    """Fit (or load) the mapping network's Gaussian up front, saying so when it takes a while."""
+    if not generator.has_mapping:
+        return
+    from pulse_sr.search.gaussian_fit import (
+        DEFAULT_SAMPLES, DEFAULT_SEED, cached_gaussian_fit, gaussian_fit_cache_path,
+    )
+
+    if not quiet and not gaussian_fit_cache_path(generator.weights_hash, DEFAULT_SAMPLES, DEFAULT_SEED).exists():
+        _err(f"fitting the latent Gaussian of {generator.name} ({DEFAULT_SAMPLES:,} samples; once per weights "
+             "file, then cached; about a minute for StyleGAN1 on a CPU) ...")
+    cached_gaussian_fit(generator)
 
 
 def _one_line(e: BaseException) -> str:

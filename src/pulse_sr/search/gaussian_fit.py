@@ -26,6 +26,11 @@ _RANDN_BLOCK = 16
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
+#: PULSE's recipe: 1,000,000 samples after torch.manual_seed(0)
+DEFAULT_SAMPLES = 1_000_000
+DEFAULT_SEED = 0
+
+
 def _chunk_rows(samples: int, z_dim: int, chunk: int) -> list[int]:
     """Row counts per chunk such that drawing ``randn(rows, z_dim)`` chunk after chunk
     from one generator yields exactly one big ``randn(samples, z_dim)``.
@@ -45,7 +50,7 @@ def _chunk_rows(samples: int, z_dim: int, chunk: int) -> list[int]:
     return sizes
 
 
-def fit_gaussian(generator: torch.nn.Module, *, samples: int = 1_000_000, seed: int = 0,
+def fit_gaussian(generator: torch.nn.Module, *, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
                  chunk: int = 50_000) -> tuple[Tensor, Tensor]:
     """PULSE's fit: ``mean, std`` (each ``[w_dim]``, float32, CPU) of
     ``leaky_relu(mapping(z), 5)`` over ``z = randn(samples, z_dim)`` after ``manual_seed(seed)``.
@@ -127,7 +132,7 @@ def _write_atomic(path: Path, payload: dict) -> None:
         raise
 
 
-def cached_gaussian_fit(generator: torch.nn.Module, *, samples: int = 1_000_000, seed: int = 0,
+def cached_gaussian_fit(generator: torch.nn.Module, *, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
                         cache_dir: str | Path | None = None) -> tuple[Tensor, Tensor]:
     """``fit_gaussian`` computed once per weights file and cached (``[w_dim]`` mean, std; float32, CPU).
 
