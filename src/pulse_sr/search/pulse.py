@@ -160,7 +160,7 @@ def pulse_search(
     optimizer = make_optimizer(settings.optimizer, variables, settings.lr)
 
     # Per-candidate bookkeeping: the best state so far (see _better).
-    best_hr: Tensor | None = None
+    best_hr = torch.zeros((n, 3, G.resolution, G.resolution), device=dev)
     best_latent = latent.detach().clone()
     best_noise = [t.detach().clone() for t in noise]
     best_l2 = torch.full((n,), float("inf"))
@@ -198,16 +198,14 @@ def pulse_search(
         steps_run[active] = step + 1
 
         with torch.no_grad():
-            if best_hr is None:
-                best_hr = torch.zeros((n, *hr.shape[1:]), dtype=hr.dtype, device=dev)
             better = _better(l2, total_cpu, best_l2[active], best_total[active], eps)
             if better.any():
                 rows = active[better]
-                local = better.nonzero().flatten().to(dev)
-                best_hr[rows.to(dev)] = hr.detach()[local]
-                best_latent[rows.to(dev)] = latent.detach()[rows.to(dev)]
+                rows_dev = rows.to(dev)
+                best_hr[rows_dev] = hr.detach()[better.nonzero().flatten().to(dev)]
+                best_latent[rows_dev] = latent.detach()[rows_dev]
                 for b, t in zip(best_noise, noise):
-                    b[rows.to(dev)] = t.detach()[rows.to(dev)]
+                    b[rows_dev] = t.detach()[rows_dev]
                 best_l2[rows] = l2[better]
                 best_total[rows] = total_cpu[better]
                 best_step[rows] = step + 1
@@ -247,7 +245,6 @@ def pulse_search(
 
     elapsed = time.perf_counter() - start_time
     finished_at[~done] = elapsed
-    assert best_hr is not None
     with torch.no_grad():
         hr_out = best_hr.clamp(0, 1)
         lr_out = downsample(hr_out)
