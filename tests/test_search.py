@@ -295,3 +295,11 @@ def test_other_factors(tiny, tiny_fit) -> None:
     for side in (4, 16):
         r = pulse_search(tiny, torch.rand(3, side, side), steps=2, gaussian_fit=tiny_fit)
         assert r.lr.shape == (1, 3, side, side)
+
+
+def test_settings_object_and_overrides(tiny, tiny_fit) -> None:
+    base = SearchSettings(steps=2, eps=1e-9)
+    assert pulse_search(tiny, torch.rand(3, 8, 8), settings=base, gaussian_fit=tiny_fit).l2_history.shape == (2, 1)
+    result = pulse_search(tiny, torch.rand(3, 8, 8), settings=base, steps=3, gaussian_fit=tiny_fit)
+    assert result.l2_history.shape == (3, 1) and result.settings.steps == 3 and base.steps == 2
+    assert SearchSettings().to_dict()["loss"] == "100*L2+0.05*GEOCROSS"

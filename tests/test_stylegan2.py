@@ -8,19 +8,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reference_dir
 
 from pulse_sr.errors import WeightsError
 from pulse_sr.generators.stylegan2 import StyleGAN2Generator, load_stylegan2_state_dict, stylegan2_kwargs
 from pulse_sr.generators.stylegan2_ops import conv2d_resample, setup_filter, upsample2d
-
-from conftest import reference_dir
 
 #: README: images |diff| <= 1e-4 (values up to ~10); mean/std 1e-5 relative; ws ~1e-6 relative
 IMG_ABS_TOL = 1e-4
@@ -147,10 +145,13 @@ def test_loaded_generator_attributes(gen: StyleGAN2Generator, keys_spec: dict) -
     assert gen.has_mapping and not gen.training
     assert not any(p.requires_grad for p in gen.parameters())
     assert torch.equal(gen.w_avg, torch.zeros(512))
-    # the interface methods stay methods; the networks sit under NVIDIA's names
-    assert callable(gen.synthesis) and callable(gen.mapping)
-    assert gen.synthesis_net is dict(gen.named_children())["synthesis"]
-    assert gen.mapping_net is dict(gen.named_children())["mapping"]
+    # as in NVIDIA's Generator, the interface's synthesis / mapping are the sub-networks
+    children = dict(gen.named_children())
+    assert list(children) == ["synthesis", "mapping"]
+    assert gen.synthesis is gen.synthesis_net is children["synthesis"]
+    assert gen.mapping is gen.mapping_net is children["mapping"]
+    assert gen.get_submodule("synthesis.b1024.torgb") is gen.synthesis.b1024.torgb
+    assert gen.get_buffer("mapping.w_avg") is gen.w_avg
 
 
 def test_const_noise_is_the_buffers(gen: StyleGAN2Generator, state: dict) -> None:
@@ -330,6 +331,17 @@ def test_small_forward_noise_and_fused_equivalence(sg23: ModuleType) -> None:
         g.synthesis(ws, noise[:4])
     with pytest.raises(ValueError, match="ws must be"):
         g.synthesis(ws[:, :5])
+    with pytest.raises(ValueError, match=r"noise\[1\] must be \[N, 1, 8, 8\]"):
+        g.synthesis(ws, [noise[0], noise[0], *noise[2:]])
+    with pytest.raises(ValueError, match="z must be"):
+        g.mapping(torch.zeros(2, 7, dtype=torch.float64))
+    # torch.func sees NVIDIA's names too
+    params = {k: v.clone() for k, v in g.state_dict().items()}
+    params["synthesis.b4.const"] = params["synthesis.b4.const"] * 0
+    with torch.no_grad():
+        out = torch.func.functional_call(g, params, (z, noise))
+        g.synthesis.b4.const.zero_()
+        assert torch.equal(out, g(z, noise))
 
 
 def test_ws_rows_feed_nvidias_layers(sg23: ModuleType) -> None:

@@ -113,6 +113,25 @@ class FaceGenerator(nn.Module):
         }
 
 
+def state_dict_mismatch(state: "dict[str, Tensor] | object", module: nn.Module) -> str:
+    """How ``state`` differs from ``module.state_dict()`` in keys and shapes ("" if it matches).
+
+    One line for error messages: counts and the first few keys of each kind.
+    """
+    expected = module.state_dict()
+    state = dict(state)  # type: ignore[call-overload]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} != {list(expected[k].shape)}" for k in expected
+             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)):
+        if items:
+            shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+            problems.append(f"{label} {len(items)} key{'s' if len(items) != 1 else ''} ({shown})")
+    return ", ".join(problems)
+
+
 def file_sha256(*paths: "str | bytes | object") -> str:
     """SHA-256 over the bytes of one or more files, in the given order (hex)."""
     import hashlib

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
-from pulse_sr.generators.base import FaceGenerator, file_sha256
+from pulse_sr.generators.base import FaceGenerator, file_sha256, state_dict_mismatch
 
 PACKAGE = "gan-face-generate==1.1.1"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
@@ -85,14 +85,9 @@ def load_dcgan_digiface(path: str | Path | None = None, *, device: str | torch.d
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a gan-face-generate checkpoint (no 'netG_state_dict')")
     gen = DCGANGenerator()
-    expected = gen.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        raise WeightsError(
-            f"{path}: DCGAN state dict does not match (missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
-        )
+    problems = state_dict_mismatch(state, gen)
+    if problems:
+        raise WeightsError(f"{path}: not the gan-face-generate DCGAN: {problems}")
     gen.load_state_dict(state, strict=True)
     gen.name = "dcgan-digiface"
     gen.weights_hash = file_sha256(path)

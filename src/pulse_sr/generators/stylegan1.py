@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
-from pulse_sr.generators.base import FaceGenerator, file_sha256
+from pulse_sr.generators.base import FaceGenerator, file_sha256, state_dict_mismatch
 
 SQRT2 = math.sqrt(2.0)
 #: mapping-network learning-rate multiplier (weights are stored scaled by 1/lrmul)
@@ -321,18 +321,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def _check_keys(path: Path, what: str, state: dict[str, Tensor], module: nn.Module) -> None:
     """Strict match of keys and shapes against ``module.state_dict()``; one-line WeightsError otherwise."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} != {list(expected[k].shape)}" for k in expected
-             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)):
-        if items:
-            shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
-            problems.append(f"{label} {len(items)} key{'s' if len(items) != 1 else ''} ({shown})")
+    problems = state_dict_mismatch(state, module)
     if problems:
-        raise WeightsError(f"{path}: not a PULSE StyleGAN1 {what} state dict: {', '.join(problems)}")
+        raise WeightsError(f"{path}: not a PULSE StyleGAN1 {what} state dict: {problems}")
 
 
 def _infer_resolution(state: dict[str, Tensor], default: int = 1024) -> int:

@@ -23,23 +23,26 @@ R >= 8 uses rows ``k, k+1, k+2`` (conv0, conv1, torgb), ``k = 2*log2(R) - 5``.
 ``num_ws = 2*log2(resolution) - 2`` (18 at 1024).
 
 Naming: NVIDIA's keys start with ``synthesis.`` and ``mapping.``, which are
-also the names of the :class:`FaceGenerator` methods. The two sub-networks are
-therefore registered directly in ``self._modules`` under those names (so
-``state_dict``, ``named_parameters``, ``to`` ... see NVIDIA's keys), while
-attribute access ``gen.synthesis`` / ``gen.mapping`` keeps resolving to the
-interface methods (class attributes win over ``nn.Module.__getattr__``). The
-networks themselves are reached through ``gen.synthesis_net`` / ``gen.mapping_net``.
+also the names of the :class:`FaceGenerator` interface methods. As in NVIDIA's
+own ``Generator``, ``gen.synthesis`` and ``gen.mapping`` *are* the two
+sub-networks: they are registered in ``self._modules`` under those names (so
+``state_dict``, ``named_parameters``, ``get_submodule``, ``functional_call`` ...
+all use NVIDIA's names) and exposed by read-only properties that override the
+base-class methods. Calling them is the interface: ``gen.synthesis(ws, noise)``
+and ``gen.mapping(z)`` run the modules' ``forward``, which validate their
+inputs like :meth:`FaceGenerator.check_ws` / :meth:`~FaceGenerator.check_noise`.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
-from pulse_sr.generators.base import FaceGenerator
+from pulse_sr.generators.base import FaceGenerator, state_dict_mismatch
 from pulse_sr.generators.stylegan2_ops import (
     bias_act,
     modulated_conv2d,
@@ -170,7 +173,7 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.empty(out_channels, resolution, resolution))
         self.register_buffer("resample_filter", setup_filter(resample_filter))
-        kw: dict[str, Any] = dict(use_noise=use_noise, conv_clamp=conv_clamp, resample_filter=resample_filter)
+        kw: dict[str, Any] = {"use_noise": use_noise, "conv_clamp": conv_clamp, "resample_filter": resample_filter}
         if in_channels != 0:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, **kw)
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, **kw)
@@ -203,11 +206,15 @@ class SynthesisBlock(nn.Module):
 
 # -- networks ----------------------------------------------------------------------------
 class MappingNetwork(nn.Module):
-    """``z [N, z_dim] -> w [N, w_dim]``: 2nd-moment normalisation, then ``num_layers`` FC + LeakyReLU."""
+    """``z [N, z_dim] -> w [N, w_dim]``: 2nd-moment normalisation, then ``num_layers`` FC + LeakyReLU.
+
+    This is ``StyleGAN2Generator.mapping`` (the interface's ``mapping(z)``).
+    """
 
     def __init__(self, z_dim: int, w_dim: int, *, num_layers: int = 8, lr_multiplier: float = 0.01,
                  w_avg_beta: float | None = 0.998) -> None:
         super().__init__()
+        self.z_dim, self.w_dim = z_dim, w_dim
         self.num_layers = num_layers
         self.w_avg_beta = w_avg_beta  # training-only EMA rate; kept for reference
         self.register_buffer("w_avg", torch.zeros(w_dim))
@@ -215,15 +222,23 @@ class MappingNetwork(nn.Module):
             fan_in = z_dim if i == 0 else w_dim
             self.add_module(f"fc{i}", FullyConnectedLayer(fan_in, w_dim, lrelu=True, lr_multiplier=lr_multiplier))
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        """``z [N, z_dim]`` -> ``w [N, w_dim]``; ``truncation_psi < 1`` pulls ``w`` towards ``w_avg``."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"stylegan2: z must be [N, {self.z_dim}], got {list(z.shape)}")
         x = normalize_2nd_moment(z)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
+        if truncation_psi != 1:
+            x = self.w_avg.lerp(x, truncation_psi)
         return x
 
 
 class SynthesisNetwork(nn.Module):
-    """``ws [N, num_ws, w_dim]``, per-layer noise -> ``[N, img_channels, R, R]`` (not clamped)."""
+    """``ws [N, num_ws, w_dim]``, per-layer noise -> ``[N, img_channels, R, R]`` (not clamped).
+
+    This is ``StyleGAN2Generator.synthesis`` (the interface's ``synthesis(ws, noise)``).
+    """
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, *, channel_base: int = 32768,
                  channel_max: int = 512, use_noise: bool = True, conv_clamp: float | None = None,
@@ -240,7 +255,10 @@ class SynthesisNetwork(nn.Module):
             block = SynthesisBlock(in_ch, channels[r], w_dim, r, img_channels, use_noise=use_noise,
                                    conv_clamp=conv_clamp, resample_filter=resample_filter)
             self.add_module(f"b{r}", block)
+        self.w_dim = w_dim
         self.num_ws = sum(b.num_conv for b in self.blocks()) + 1
+        self.noise_shapes = [(1, layer.resolution, layer.resolution)
+                             for layer in self.conv_layers() if layer.use_noise]
 
     def blocks(self) -> Iterator[SynthesisBlock]:
         for r in self.block_resolutions:
@@ -251,6 +269,18 @@ class SynthesisNetwork(nn.Module):
         return [layer for b in self.blocks() for layer in b.conv_layers()]
 
     def forward(self, ws: Tensor, noise: Sequence[Tensor] | None = None) -> Tensor:
+        """``ws [N, num_ws, w_dim]``; ``noise``: one ``[N or 1, 1, R, R]`` per entry of ``noise_shapes``
+        (multiplied by the layer's ``noise_strength``), or ``None`` for no noise."""
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"stylegan2: ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        if noise is not None:
+            noise = list(noise)
+            if len(noise) != len(self.noise_shapes):
+                raise ValueError(f"stylegan2: expected {len(self.noise_shapes)} noise tensors, got {len(noise)}")
+            for i, (n, shape) in enumerate(zip(noise, self.noise_shapes)):
+                if n.ndim != 4 or tuple(n.shape[1:]) != shape or n.shape[0] not in (1, ws.shape[0]):
+                    raise ValueError(f"stylegan2: noise[{i}] must be [N, {', '.join(map(str, shape))}], "
+                                     f"got {list(n.shape)}")
         x = img = None
         w_idx = 0
         for block in self.blocks():
@@ -303,18 +333,30 @@ class StyleGAN2Generator(FaceGenerator):
             use_noise=use_noise, conv_clamp=conv_clamp, resample_filter=resample_filter)
         self._modules["mapping"] = MappingNetwork(z_dim, w_dim, **mk)
         self.num_ws = self.synthesis_net.num_ws
-        self.noise_shapes = [(1, layer.resolution, layer.resolution)
-                             for layer in self.synthesis_net.conv_layers() if layer.use_noise]
+        self.noise_shapes = list(self.synthesis_net.noise_shapes)
         self.has_mapping = True
         self.set_fused_modconv(fused_modconv)
         self.reset_parameters(init_generator)
 
+    # -- the interface: ``synthesis`` and ``mapping`` ARE the sub-networks (as in NVIDIA's code) --
+    @property
+    def synthesis(self) -> SynthesisNetwork:  # type: ignore[override]
+        """The synthesis network; call it as ``synthesis(ws, noise)`` (see :class:`SynthesisNetwork`)."""
+        return self._modules["synthesis"]  # type: ignore[return-value]
+
+    @property
+    def mapping(self) -> MappingNetwork:  # type: ignore[override]
+        """The mapping network; call it as ``mapping(z, truncation_psi=1.0)`` (see :class:`MappingNetwork`)."""
+        return self._modules["mapping"]  # type: ignore[return-value]
+
     @property
     def synthesis_net(self) -> SynthesisNetwork:
+        """Alias of :attr:`synthesis` (same name as in the StyleGAN1 backend)."""
         return self._modules["synthesis"]  # type: ignore[return-value]
 
     @property
     def mapping_net(self) -> MappingNetwork:
+        """Alias of :attr:`mapping`."""
         return self._modules["mapping"]  # type: ignore[return-value]
 
     @property
@@ -343,22 +385,6 @@ class StyleGAN2Generator(FaceGenerator):
     def const_noise(self) -> list[Tensor]:
         """The layers' ``noise_const`` buffers as noise inputs ``[1, 1, R, R]`` (NVIDIA's ``noise_mode='const'``)."""
         return [layer.noise_const[None, None] for layer in self.synthesis_net.conv_layers() if layer.use_noise]
-
-    def mapping(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
-        """``z [N, z_dim]`` -> ``w [N, w_dim]``; ``truncation_psi < 1`` pulls ``w`` towards ``w_avg``."""
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"{self.backend}: z must be [N, {self.z_dim}], got {list(z.shape)}")
-        w = self.mapping_net(z)
-        if truncation_psi != 1:
-            w = self.w_avg.lerp(w, truncation_psi)
-        return w
-
-    def synthesis(self, ws: Tensor, noise: Sequence[Tensor] | None = None) -> Tensor:
-        """``ws [N, num_ws, w_dim]``, noise list ``[N or 1, 1, R, R]`` per layer (see ``noise_shapes``)
-        or ``None`` (no noise) -> ``[N, img_channels, R, R]``, roughly [-1, 1], not clamped."""
-        self.check_ws(ws)
-        checked = self.check_noise(noise, ws.shape[0])
-        return self.synthesis_net(ws, checked)
 
 
 # -- loading state dicts -----------------------------------------------------------------
@@ -389,18 +415,9 @@ def check_state_dict(state: Mapping[str, Any], gen: nn.Module, what: str = "Styl
     bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
     if bad:
         raise WeightsError(f"{what} state dict: non-tensor values for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
-    expected = gen.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} != {list(expected[k].shape)}" for k in expected
-             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)):
-        if items:
-            shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
-            problems.append(f"{label} {len(items)} key{'s' if len(items) != 1 else ''} ({shown})")
+    problems = state_dict_mismatch(state, gen)
     if problems:
-        raise WeightsError(f"not a {what} state dict for these arguments: {', '.join(problems)}")
+        raise WeightsError(f"not a {what} state dict for these arguments: {problems}")
 
 
 def load_stylegan2_state_dict(state: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
