@@ -12,6 +12,7 @@ from pulse_sr.generators.base import FaceGenerator
 GENERATORS: dict[str, str] = {
     "dcgan-digiface": "64x64 DCGAN trained on DigiFace-1M, z in R^100 (embedded default; MIT, gan-face-generate 1.1.1)",
     "stylegan1": "PULSE's StyleGAN1 FFHQ 1024 (bring synthesis.pt and mapping.pt: --weights DIR)",
+    "stylegan2": "NVIDIA StyleGAN2 / StyleGAN2-ADA (bring a .pkl: --weights FILE; read without running its code)",
     "tiny": "32x32 random-init StyleGAN-like network for tests (not a face model)",
 }
 DEFAULT_GENERATOR = "dcgan-digiface"
@@ -30,6 +31,8 @@ def load_generator(
     is in eval mode with frozen parameters.
     """
     name = str(name_or_path)
+    if weights is not None and name == DEFAULT_GENERATOR and Path(weights).suffix != ".tar":
+        return _load_from_path(Path(weights), device)  # --weights alone: the file says what it is
     if name == "dcgan-digiface":
         from pulse_sr.generators.dcgan import load_dcgan_digiface
 
@@ -42,6 +45,10 @@ def load_generator(
         from pulse_sr.generators.stylegan1 import load_stylegan1
 
         return load_stylegan1(weights, device=device)
+    if name == "stylegan2":
+        if weights is None:
+            raise WeightsError("stylegan2 needs its weights: --weights FILE.pkl (NVIDIA stylegan2-ada / stylegan3 repo)")
+        return load_nvidia_generator(Path(weights), device)
     if name == "tiny":
         if weights is not None:
             raise WeightsError("tiny is generated from a seed and takes no weights")
@@ -63,8 +70,32 @@ def _load_from_path(path: Path, device: str | torch.device) -> FaceGenerator:
         raise WeightsError(f"{path}: folder holds no synthesis.pt / mapping.pt (PULSE StyleGAN1 weights)")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or folder")
+    if path.suffix == ".pkl":
+        return load_nvidia_generator(path, device)
     if path.suffix == ".tar":
         from pulse_sr.generators.dcgan import load_dcgan_digiface
 
         return load_dcgan_digiface(path, device=device)
-    raise WeightsError(f"{path}: unsupported weights format (expected a StyleGAN1 folder or a DCGAN weights.tar)")
+    raise WeightsError(f"{path}: unsupported weights format (expected a StyleGAN1 folder, an NVIDIA .pkl or a DCGAN weights.tar)")
+
+
+def load_nvidia_generator(path: Path, device: str | torch.device = "cpu") -> FaceGenerator:
+    """``G_ema`` of an NVIDIA StyleGAN2(-ADA) ``.pkl``, read with the restricted unpickler."""
+    from pulse_sr.formats.nvidia_pickle import load_nvidia_pickle, network_kwargs, network_state_dict
+    from pulse_sr.generators.base import file_sha256
+    from pulse_sr.generators.stylegan2 import load_stylegan2_state_dict
+
+    data = load_nvidia_pickle(path)
+    record = data.get("G_ema")
+    if record is None:
+        raise WeightsError(f"{path}: no G_ema network in this pickle (keys: {', '.join(map(str, data))})")
+    state, kwargs = network_state_dict(record), network_kwargs(record)
+    if "synthesis.input.freqs" in state:
+        raise WeightsError(f"{path}: a StyleGAN3 network; pulse-sr has no stylegan3 backend yet")
+    try:
+        gen = load_stylegan2_state_dict(state, kwargs, device=device)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    gen.weights_hash = file_sha256(path)
+    gen.weights_source = str(path)
+    return gen
