@@ -2,7 +2,8 @@
 
 ``pulse-sr run INPUT... -o OUTDIR`` searches a face GAN for faces that
 downscale to each input and writes them, with their proof, to
-``OUTDIR/<stem>/``. Heavy modules (torch, the engine) are imported inside the
+``OUTDIR/<stem>/``. ``pulse-sr convert SRC -o DST.safetensors`` saves a
+generator in pulse-sr's own weights format. Heavy modules (torch, the engine) are imported inside the
 command functions so ``pulse-sr --help`` stays fast.
 
 Exit codes: 0 every input done (or skipped) with at least one candidate within
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_run(sub)
+    _add_convert(sub)
     return parser
 
 
@@ -147,6 +149,26 @@ def _add_run(sub: Any) -> None:
                    help="save every step of each candidate and an animated GIF")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="save a generator's weights in pulse-sr's own .safetensors format",
+        description="Load SRC (anything --generator/--weights accept: a PULSE StyleGAN1 weights folder, an "
+        "NVIDIA .pkl, a DCGAN weights.tar, the name dcgan-digiface) and write DST.safetensors: the state "
+        "dict plus what rebuilds the network. Loading DST reads no pickle.",
+    )
+    p.add_argument("src", metavar="SRC", help="weights folder or file, or a generator name")
+    p.add_argument("-o", "--output", dest="dst", required=True, metavar="DST.safetensors")
+    p.add_argument("--generator", default=None, metavar="NAME",
+                   help="what SRC holds weights for (dcgan-digiface, stylegan1, stylegan2); "
+                   "default: from SRC itself")
+    p.add_argument("--with-gaussian-fit", action="store_true",
+                   help="also store the 1,000,000-sample latent Gaussian fit (cached; computed if needed) "
+                   "for generators with a mapping network")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.set_defaults(func=cmd_convert)
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -300,6 +322,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not_conv:
         return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+# -- convert -------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``pulse-sr convert SRC -o DST.safetensors``: 0 written, 1 write failed, 2 bad usage or weights."""
+    dst = Path(args.dst)
+    if dst.suffix != ".safetensors":
+        raise UsageError(f"-o {dst}: the output name must end with .safetensors")
+    if dst.is_dir():
+        raise UsageError(f"-o {dst}: is a folder")
+    if (dst.exists() or dst.is_symlink()) and not args.overwrite:
+        raise UsageError(f"-o {dst}: exists; use --overwrite to replace it")
+    if not dst.parent.is_dir():
+        raise UsageError(f"-o {dst}: folder {dst.parent} does not exist")
+
+    from pulse_sr.errors import PulseError
+    from pulse_sr.generators.registry import load_generator
+
+    try:
+        if args.generator is None:
+            generator = load_generator(args.src)
+        else:
+            generator = load_generator(args.generator, weights=args.src)
+    except PulseError as e:
+        raise UsageError(_one_line(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot load generator from {args.src!r}: {_one_line(e)}") from None
+
+    from pulse_sr.formats.own import save_generator
+
+    fit = None
+    note = ""
+    if args.with_gaussian_fit:
+        if generator.has_mapping:
+            from pulse_sr.search.gaussian_fit import DEFAULT_SAMPLES, DEFAULT_SEED, cached_gaussian_fit
+
+            _announce_gaussian_fit(generator, quiet=False)
+            mean, std = cached_gaussian_fit(generator)
+            fit = {"mean": mean, "std": std, "samples": DEFAULT_SAMPLES, "seed": DEFAULT_SEED}
+            note = f", Gaussian fit ({DEFAULT_SAMPLES:,} samples)"
+        else:
+            note = f", no Gaussian fit ({generator.backend} has no mapping network)"
+    try:
+        save_generator(generator, dst, gaussian_fit=fit)
+    except PulseError as e:
+        raise UsageError(_one_line(e)) from None
+    except OSError as e:
+        _err(f"error: cannot write {dst}: {_one_line(e)}")
+        return EXIT_FAILED
+    tensors = len(generator.state_dict())
+    _out(f"wrote {dst} (backend {generator.backend}, {tensors} tensors{note})")
     return EXIT_OK
 
 

@@ -27,10 +27,16 @@ def load_generator(
     """Load a generator by name (see :data:`GENERATORS`) or from a weights path.
 
     A path may be a folder with PULSE's ``synthesis.pt`` and ``mapping.pt``
-    (StyleGAN1) or a ``gan-face-generate`` ``weights.tar`` (DCGAN). The result
+    (StyleGAN1), a ``gan-face-generate`` ``weights.tar`` (DCGAN), an NVIDIA
+    ``.pkl`` or pulse-sr's own ``.safetensors`` (``pulse-sr convert``). The result
     is in eval mode with frozen parameters.
     """
     name = str(name_or_path)
+    if weights is not None and Path(weights).suffix == ".safetensors" and name in ("stylegan1", "stylegan2"):
+        gen = _load_own(Path(weights), device)  # pulse-sr's own format: the file says what it is
+        if gen.backend != name:
+            raise WeightsError(f"{weights}: holds a {gen.backend} generator, not {name}")
+        return gen
     if weights is not None and name == DEFAULT_GENERATOR and Path(weights).suffix != ".tar":
         return _load_from_path(Path(weights), device)  # --weights alone: the file says what it is
     if name == "dcgan-digiface":
@@ -56,7 +62,7 @@ def load_generator(
 
         return make_tiny_generator(device=device)
     path = Path(name)
-    if weights is None and (path.exists() or "/" in name or name.endswith((".pt", ".tar", ".pkl"))):
+    if weights is None and (path.exists() or "/" in name or name.endswith((".pt", ".tar", ".pkl", ".safetensors"))):
         return _load_from_path(path, device)
     raise WeightsError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)} (or a weights path)")
 
@@ -70,13 +76,22 @@ def _load_from_path(path: Path, device: str | torch.device) -> FaceGenerator:
         raise WeightsError(f"{path}: folder holds no synthesis.pt / mapping.pt (PULSE StyleGAN1 weights)")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or folder")
+    if path.suffix == ".safetensors":
+        return _load_own(path, device)
     if path.suffix == ".pkl":
         return load_nvidia_generator(path, device)
     if path.suffix == ".tar":
         from pulse_sr.generators.dcgan import load_dcgan_digiface
 
         return load_dcgan_digiface(path, device=device)
-    raise WeightsError(f"{path}: unsupported weights format (expected a StyleGAN1 folder, an NVIDIA .pkl or a DCGAN weights.tar)")
+    raise WeightsError(f"{path}: unsupported weights format (expected a StyleGAN1 folder, an NVIDIA .pkl, a DCGAN weights.tar or a pulse-sr .safetensors)")
+
+
+def _load_own(path: Path, device: str | torch.device) -> FaceGenerator:
+    """A generator in pulse-sr's own ``.safetensors`` format (see :mod:`pulse_sr.formats.own`)."""
+    from pulse_sr.formats.own import load_own
+
+    return load_own(path, device=device)
 
 
 def load_nvidia_generator(path: Path, device: str | torch.device = "cpu") -> FaceGenerator:

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Callable, Any, Iterator
 
 PARTIAL_TAG = ".partial-"
 OLD_TAG = ".old-"
@@ -49,21 +49,34 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or error leaves the old ``path`` (or nothing) and no temporary file behind.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get normal modes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write_with(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

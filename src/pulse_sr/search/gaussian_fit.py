@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -118,18 +117,10 @@ def _read_cached(path: Path, w_dim: int) -> tuple[Tensor, Tensor] | None:
 
 
 def _write_atomic(path: Path, payload: dict) -> None:
+    from pulse_sr.io.files import atomic_write_with
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
 def cached_gaussian_fit(generator: torch.nn.Module, *, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
