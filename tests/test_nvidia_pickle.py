@@ -34,6 +34,15 @@ from pulse_sr.formats.nvidia_pickle import (
 # ----------------------------------------------------------- fake NVIDIA world
 
 
+def _restore_modules(saved: dict) -> None:
+    """Put ``sys.modules`` entries back as they were (removing ones that did not exist)."""
+    for n, mod in saved.items():
+        if mod is None:
+            sys.modules.pop(n, None)
+        else:
+            sys.modules[n] = mod
+
+
 @contextlib.contextmanager
 def fake_nvidia_modules(marker: Path):
     """Install fake ``torch_utils.persistence`` and ``dnnlib.util`` in sys.modules, then remove them."""
@@ -69,11 +78,7 @@ def fake_nvidia_modules(marker: Path):
     try:
         yield persistence, EasyDict
     finally:
-        for n, mod in saved.items():
-            if mod is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = mod
+        _restore_modules(saved)
 
 
 def make_persistent_classes(reconstruct, module_src: str):
@@ -320,11 +325,7 @@ def evil_files(tmp_path):
     try:
         payloads = _payloads(marker)
     finally:
-        for n, mod in saved.items():
-            if mod is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = mod
+        _restore_modules(saved)
     files = {}
     for i, (name, (blob, expect)) in enumerate(payloads.items()):
         path = tmp_path / f"evil{i}.pkl"
