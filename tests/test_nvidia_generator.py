@@ -81,6 +81,8 @@ def test_load_generator_reads_the_pickle(snapshot) -> None:
 def test_stylegan2_needs_weights_and_refuses_stylegan3(tmp_path: Path, snapshot) -> None:
     with pytest.raises(WeightsError, match="--weights FILE.pkl"):
         pulse_sr.load_generator("stylegan2")
+    with pytest.raises(WeightsError, match="holds a stylegan2 generator, not stylegan1"):
+        pulse_sr.load_generator("stylegan1", weights=snapshot[0])
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps({"G": 1}))
     with pytest.raises(WeightsError, match="no G_ema"):

@@ -16,6 +16,8 @@ GENERATORS: dict[str, str] = {
     "tiny": "32x32 random-init StyleGAN-like network for tests (not a face model)",
 }
 DEFAULT_GENERATOR = "dcgan-digiface"
+#: weight files whose contents name their backend
+SELF_DESCRIBING = (".pkl", ".safetensors")
 
 
 def load_generator(
@@ -32,13 +34,15 @@ def load_generator(
     is in eval mode with frozen parameters.
     """
     name = str(name_or_path)
-    if weights is not None and Path(weights).suffix == ".safetensors" and name in ("stylegan1", "stylegan2"):
-        gen = _load_own(Path(weights), device)  # pulse-sr's own format: the file says what it is
-        if gen.backend != name:
-            raise WeightsError(f"{weights}: holds a {gen.backend} generator, not {name}")
-        return gen
-    if weights is not None and name == DEFAULT_GENERATOR and Path(weights).suffix != ".tar":
-        return _load_from_path(Path(weights), device)  # --weights alone: the file says what it is
+    if weights is not None and name != "tiny":
+        # Files that say what they hold (.pkl, .safetensors) load by path whatever the name;
+        # with the default name, --weights alone picks the backend from the path.
+        path = Path(weights)
+        if path.suffix in SELF_DESCRIBING or (name == DEFAULT_GENERATOR and path.suffix != ".tar"):
+            gen = _load_from_path(path, device)
+            if name != DEFAULT_GENERATOR and gen.backend != name:
+                raise WeightsError(f"{weights}: holds a {gen.backend} generator, not {name}")
+            return gen
     if name == "dcgan-digiface":
         from pulse_sr.generators.dcgan import load_dcgan_digiface
 
@@ -62,7 +66,7 @@ def load_generator(
 
         return make_tiny_generator(device=device)
     path = Path(name)
-    if weights is None and (path.exists() or "/" in name or name.endswith((".pt", ".tar", ".pkl", ".safetensors"))):
+    if weights is None and (path.exists() or "/" in name or name.endswith((".pt", ".tar", *SELF_DESCRIBING))):
         return _load_from_path(path, device)
     raise WeightsError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)} (or a weights path)")
 
