@@ -39,17 +39,9 @@ class UsageError(Exception):
 
 def version() -> str:
     """The installed pulse-sr version."""
-    try:
-        from pulse_sr import __version__
+    from pulse_sr import __version__
 
-        return str(__version__)
-    except ImportError:
-        from importlib.metadata import PackageNotFoundError, version as _v
-
-        try:
-            return _v("pulse-sr")
-        except PackageNotFoundError:
-            return "0+unknown"
+    return str(__version__)
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -357,10 +349,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     note = ""
     if args.with_gaussian_fit:
         if generator.has_mapping:
-            from pulse_sr.search.gaussian_fit import DEFAULT_SAMPLES, DEFAULT_SEED, cached_gaussian_fit
+            from pulse_sr.search.gaussian_fit import DEFAULT_SAMPLES, DEFAULT_SEED
 
-            _announce_gaussian_fit(generator, quiet=False)
-            mean, std = cached_gaussian_fit(generator)
+            mean, std = _announce_gaussian_fit(generator, quiet=False)
             fit = {"mean": mean, "std": std, "samples": DEFAULT_SAMPLES, "seed": DEFAULT_SEED}
             note = f", Gaussian fit ({DEFAULT_SAMPLES:,} samples)"
         else:
@@ -377,10 +368,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _announce_gaussian_fit(generator: Any, *, quiet: bool) -> None:
-    """Fit (or load) the mapping network's Gaussian up front, saying so when it takes a while."""
+def _announce_gaussian_fit(generator: Any, *, quiet: bool) -> Any:
+    """Fit (or load) the mapping network's Gaussian up front, saying so when it takes a while.
+
+    Returns ``(mean, std)``, or ``None`` for a generator without a mapping network.
+    """
     if not generator.has_mapping:
-        return
+        return None
     from pulse_sr.search.gaussian_fit import (
         DEFAULT_SAMPLES, DEFAULT_SEED, cached_gaussian_fit, gaussian_fit_cache_path,
     )
@@ -388,7 +382,7 @@ def _announce_gaussian_fit(generator: Any, *, quiet: bool) -> None:
     if not quiet and not gaussian_fit_cache_path(generator.weights_hash, DEFAULT_SAMPLES, DEFAULT_SEED).exists():
         _err(f"fitting the latent Gaussian of {generator.name} ({DEFAULT_SAMPLES:,} samples; once per weights "
              "file, then cached; about a minute for StyleGAN1 on a CPU) ...")
-    cached_gaussian_fit(generator)
+    return cached_gaussian_fit(generator)
 
 
 def _one_line(e: BaseException) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+import pulse_sr
 from pulse_sr.errors import WeightsError
 from pulse_sr.generators.base import FaceGenerator, state_dict_mismatch
 
@@ -144,12 +145,6 @@ def _build(backend: str, constructor: Mapping[str, Any]) -> FaceGenerator:
 
 
 # -- saving --------------------------------------------------------------------------------
-def _version() -> str:
-    from pulse_sr import __version__
-
-    return str(__version__)
-
-
 def _fit_payload(gaussian_fit: Any, w_dim: int) -> dict[str, Any] | None:
     """``gaussian_fit``: ``None``, ``(mean, std)`` (1M samples, seed 0) or a dict with
     ``mean``, ``std`` and optionally ``samples``, ``seed``."""
@@ -200,7 +195,7 @@ def save_generator(gen: FaceGenerator, path: str | Path, *, gaussian_fit: Any = 
         "name": str(gen.name or backend),
         "source": source,
         "gaussian_fit": _fit_payload(gaussian_fit, int(gen.w_dim)),
-        "pulse_sr_version": _version(),
+        "pulse_sr_version": pulse_sr.__version__,
     }
     from pulse_sr.io.files import atomic_write_with
 
@@ -273,19 +268,10 @@ def _checked_fit(path: Path, fit: Any, w_dim: int) -> tuple[int, int, Tensor, Te
 
 def _seed_fit_cache(weights_hash: str, fit: tuple[int, int, Tensor, Tensor]) -> None:
     """Write the stored fit where ``cached_gaussian_fit`` looks for it, unless a file is there."""
-    from pulse_sr.search.gaussian_fit import _SHA256_HEX, _write_atomic, gaussian_fit_cache_path
+    from pulse_sr.search.gaussian_fit import store_gaussian_fit
 
-    if not _SHA256_HEX.match(weights_hash):
-        return  # the cache only keys SHA-256 hashes
     samples, seed, mean, std = fit
-    cache = gaussian_fit_cache_path(weights_hash, samples, seed)
-    if cache.exists():
-        return
-    payload = {"mean": mean, "std": std, "samples": samples, "seed": seed, "weights_hash": weights_hash}
-    try:
-        _write_atomic(cache, payload)
-    except OSError:
-        pass  # an unwritable cache only costs a recomputation
+    store_gaussian_fit(weights_hash, mean, std, samples=samples, seed=seed, overwrite=False)
 
 
 def load_own(path: str | Path, *, device: str | torch.device = "cpu") -> FaceGenerator:

@@ -141,9 +141,24 @@ def cached_gaussian_fit(generator: torch.nn.Module, *, samples: int = DEFAULT_SA
     if cached is not None:
         return cached
     mean, std = fit_gaussian(generator, samples=samples, seed=seed)
+    store_gaussian_fit(weights_hash, mean, std, samples=samples, seed=seed, cache_dir=cache_dir)
+    return mean, std
+
+
+def store_gaussian_fit(weights_hash: str, mean: Tensor, std: Tensor, *, samples: int, seed: int,
+                       cache_dir: str | Path | None = None, overwrite: bool = True) -> None:
+    """Put a fit where :func:`cached_gaussian_fit` finds it (nothing for a non-SHA-256 hash).
+
+    ``overwrite=False`` keeps an existing cache file. A cache that cannot be written is
+    skipped silently: it only costs a recomputation.
+    """
+    if not _SHA256_HEX.match(weights_hash):
+        return
+    path = gaussian_fit_cache_path(weights_hash, samples, seed, cache_dir)
+    if path.exists() and not overwrite:
+        return
     payload = {"mean": mean, "std": std, "samples": samples, "seed": seed, "weights_hash": weights_hash}
     try:
         _write_atomic(path, payload)
     except OSError:
         pass
-    return mean, std
