@@ -1,0 +1,77 @@
+"""The ``pulse-sr`` command line.
+
+``pulse-sr run INPUT... -o OUTDIR`` searches a face GAN for faces that
+downscale to each input and writes them, with their proof, to
+``OUTDIR/<stem>/``. ``pulse-sr convert SRC -o DST.safetensors`` saves a
+generator in pulse-sr's own weights format. Heavy modules (torch, the engine) are imported inside the
+command functions so ``pulse-sr --help`` stays fast.
+
+Exit codes: 0 every input done (or skipped) with at least one candidate within
+eps; 1 some input failed (or an unexpected error); 2 bad usage, device or
+generator; 3 all processed but some input had no candidate within eps;
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and tests
+    DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_USAGE, NOTICE,
+    UsageError, err, one_line, version,
+)
+from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
+
+#: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
+SUBCOMMANDS = ("run", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; each subcommand sets ``func``."""
+    parser = argparse.ArgumentParser(
+        prog="pulse-sr",
+        description="PULSE face super-resolution: search a face GAN for faces that "
+        "downscale to your tiny input. Every output face is invented, not recovered.",
+    )
+    parser.add_argument("--version", action="version", version=f"pulse-sr {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"pulse_sr.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    debug = bool(os.environ.get(DEBUG_ENV))
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        err(f"error: {e}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err("interrupted (unfinished results removed)")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - one line unless debugging
+        if debug:
+            traceback.print_exc()
+        err(f"error: unexpected {type(e).__name__}: {one_line(e)}"
+             + ("" if debug else f" (run with {DEBUG_ENV}=1 for a traceback)"))
+        return EXIT_FAILED
+
+
+def _console() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _console()

@@ -1,0 +1,264 @@
+"""``pulse-sr run``: search faces for low-resolution inputs and write them with their proof."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pulse_sr.cli.common import (
+    EXIT_FAILED, EXIT_NOT_CONVERGED, EXIT_OK, NOTICE, Job, UsageError, announce_gaussian_fit,
+    collect_inputs, err, int_at_least, json_safe, layer_list, one_line, out, positive_float,
+    resolve_device, strip_name, version,
+)
+from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # torch-free module
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="search faces for one or more low-resolution inputs",
+        description="For each INPUT (an image file, or a folder of .png/.jpg/.jpeg/.webp/.bmp/"
+        ".tif/.tiff files), search N faces whose bicubic downscale matches it within EPS and "
+        "write them to OUTDIR/<stem>/ with their downscales (lr_XX.png) and report.json.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR")
+    g = p.add_argument_group("generator")
+    g.add_argument("--generator", default="dcgan-digiface",
+                   help="dcgan-digiface (default, 64x64), stylegan1, tiny (tests) or a weights folder")
+    g.add_argument("--weights", metavar="PATH", default=None, help="weights folder or file")
+    g.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    s = p.add_argument_group("search")
+    s.add_argument("--n", type=int_at_least(1), default=4, help="candidates per input (default 4)")
+    s.add_argument("--steps", type=int_at_least(1), default=100, help="default 100")
+    s.add_argument("--eps", type=positive_float, default=2e-3,
+                   help="L2 tolerance of a match (default 2e-3)")
+    s.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="candidate k uses seed + k (default 0)")
+    s.add_argument("--loss", default="100*L2+0.05*GEOCROSS", help="default 100*L2+0.05*GEOCROSS")
+    s.add_argument("--lr", type=positive_float, default=0.4, help="learning rate (default 0.4)")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    s.add_argument("--schedule", choices=SCHEDULES, default="linear1cycledrop")
+    s.add_argument("--noise", choices=NOISE_TYPES, default="trainable")
+    s.add_argument("--num-trainable-noise", type=int_at_least(0), default=5)
+    s.add_argument("--bad-noise-layers", type=layer_list, default=(17,),
+                   help='comma or dot separated (default "17"; "" for none)')
+    s.add_argument("--tile-latent", action="store_true", help="one latent for all layers")
+    s.add_argument("--run-all-steps", action="store_true",
+                   help="keep optimising candidates already within eps")
+    i = p.add_argument_group("input and output")
+    i.add_argument("--resize", action="store_true",
+                   help="resize inputs of an unusable size to the nearest usable one")
+    i.add_argument("--center-crop", action="store_true", help="crop non-square inputs to a square")
+    i.add_argument("--max-pixels", type=int_at_least(16), default=4096 * 4096,
+                   help="refuse larger input images (default 4096*4096)")
+    i.add_argument("--overwrite", action="store_true", help="replace existing results")
+    i.add_argument("--save-intermediate", action="store_true",
+                   help="save every step of each candidate and an animated GIF")
+    i.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``pulse-sr run``: search every input; see the module docstring for exit codes."""
+    import torch
+
+    from pulse_sr.errors import PulseError
+    from pulse_sr.search.pulse import validate_settings
+    from pulse_sr.search.settings import SearchSettings
+
+    settings = SearchSettings(
+        steps=args.steps, eps=args.eps, loss=args.loss, lr=args.lr, optimizer=args.optimizer,
+        schedule=args.schedule, noise=args.noise, num_trainable_noise=args.num_trainable_noise,
+        bad_noise_layers=tuple(args.bad_noise_layers), tile_latent=args.tile_latent,
+        run_all_steps=args.run_all_steps,
+    )
+    try:
+        validate_settings(settings)
+    except (ValueError, PulseError) as e:
+        raise UsageError(f"bad search settings: {e}") from None
+    device = resolve_device(args.device)
+
+    from pulse_sr.api import load_generator
+
+    try:
+        generator = load_generator(args.generator, weights=args.weights, device=device)
+    except PulseError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot load generator {args.generator!r}: {e}") from None
+    announce_gaussian_fit(generator, quiet=args.quiet)
+
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"-o {outdir}: exists and is not a folder")
+    jobs, folder_problems = collect_inputs(args.inputs)
+    failures: list[tuple[str, str]] = []
+    for where, problem in folder_problems:
+        err(f"error: {where}: {problem}")
+        failures.append((where, problem))
+
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        key = job.path.stem.casefold()
+        if key in seen:
+            job.status, job.error = "failed", (
+                f"same output name {job.path.stem!r} as {seen[key]} (both would write "
+                f"{outdir / job.path.stem}); rename one"
+            )
+            err(f"error: {job.path}: {job.error}")
+            failures.append((str(job.path), job.error))
+            continue
+        seen[key] = job.path
+        try:
+            _run_one(job, args, generator, settings, device, outdir, torch)
+        except (PulseError, OSError) as e:
+            job.status, job.error = "failed", one_line(e)
+            err(f"error: {job.path}: {job.error}")
+            failures.append((str(job.path), job.error))
+
+    done = [j for j in jobs if j.status == "done"]
+    skipped = [j for j in jobs if j.status == "skipped"]
+    not_conv = [j for j in done if not j.converged]
+    line = f"summary: {len(done)} done, {len(skipped)} skipped, {len(failures)} failed"
+    if not_conv:
+        line += f" ({len(not_conv)} done without a candidate within eps)"
+    out(line)
+    for where, problem in failures:
+        err(f"  failed: {where}: {problem}")
+    if failures:
+        return EXIT_FAILED
+    if not_conv:
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _run_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any,
+             device: str, outdir: Path, torch: Any) -> None:
+    from pulse_sr.errors import PulseError
+    from pulse_sr.io.files import atomic_write_json, staged_dir
+    from pulse_sr.io.images import fit_to_generator, load_image, save_png
+    from pulse_sr.search.pulse import pulse_search
+
+    path = job.path
+    final = outdir / path.stem
+    if (final / "report.json").exists() and not args.overwrite:
+        job.status = "skipped"
+        out(f"{path}: skipped (exists; use --overwrite)")
+        return
+    if (final.exists() or final.is_symlink()) and not args.overwrite:
+        raise PulseError(f"{final} exists but holds no report.json; use --overwrite to replace it")
+
+    started = time.perf_counter()
+    try:
+        img = load_image(path, max_pixels=args.max_pixels)
+        target, notes = fit_to_generator(
+            img, generator.resolution, resize=args.resize, center_crop=args.center_crop,
+            name=str(path),
+        )
+    except PulseError as e:
+        raise type(e)(strip_name(str(e), path)) from None
+    original = [int(img.shape[2]), int(img.shape[1])]
+    used = [int(target.shape[2]), int(target.shape[1])]
+    n = args.n
+    cw = max(2, len(str(n - 1)))
+    sw = max(3, len(str(settings.steps)))
+
+    with staged_dir(final, overwrite=args.overwrite) as tmp:
+        frames_dirs: list[Path] = []
+        if args.save_intermediate:
+            for k in range(n):
+                d = tmp / "intermediate" / f"cand_{k:0{cw}d}"
+                d.mkdir(parents=True)
+                frames_dirs.append(d)
+        result = _search_with_progress(
+            job, args, generator, target, settings, device, frames_dirs, sw, pulse_search
+        )
+        save_png(target, tmp / "input.png")
+        candidates = result.candidates()
+        entries = []
+        for c in candidates:
+            files = {"hr": f"hr_{c.index:0{cw}d}.png", "lr": f"lr_{c.index:0{cw}d}.png"}
+            save_png(c.hr, tmp / files["hr"])
+            save_png(c.lr, tmp / files["lr"])
+            if args.save_intermediate:
+                files["frames"] = f"intermediate/cand_{c.index:0{cw}d}"
+                files["gif"] = f"search_{c.index:0{cw}d}.gif"
+                _write_gif(frames_dirs[c.index], tmp / files["gif"])
+            entries.append({**c.summary(), "files": files})
+        l2s = [c.l2 for c in candidates]
+        best = min(range(len(l2s)), key=lambda k: (l2s[k] != l2s[k], l2s[k]))  # nan last
+        n_conv = sum(1 for c in candidates if c.converged)
+        report = {
+            "pulse_sr_version": version(),
+            "input": {"path": str(path), "original_size": original, "used_size": used,
+                      "notes": notes},
+            "generator": generator.describe(),
+            "settings": {**settings.to_dict(), "n": n, "seed": args.seed, "device": device},
+            "candidates": entries,
+            "any_converged": n_conv > 0,
+            "best_index": best,
+            "seconds": round(time.perf_counter() - started, 3),
+            "torch_version": torch.__version__,
+            "notice": NOTICE,
+        }
+        atomic_write_json(tmp / "report.json", json_safe(report))
+
+    job.status, job.converged = "done", n_conv > 0
+    best_l2 = l2s[best]
+    if n_conv:
+        out(f"{path}: {n_conv}/{n} candidates within eps (best L2 {best_l2:.2e}) -> {final}")
+    else:
+        err(f"{path}: WARNING no candidate within eps={settings.eps:g}; best L2 {best_l2:.2e}; "
+             f"results written anyway, marked not converged -> {final}")
+
+
+def _search_with_progress(job: Job, args: argparse.Namespace, generator: Any, target: Any,
+                          settings: Any, device: str, frames_dirs: list[Path], sw: int,
+                          pulse_search: Callable[..., Any]) -> Any:
+    from tqdm import tqdm
+
+    from pulse_sr.io.images import to_pil
+
+    bar = tqdm(total=settings.steps, desc=job.path.name, unit="step", file=sys.stderr,
+               disable=True if args.quiet else None, leave=False, dynamic_ncols=True)
+
+    def callback(info: Any) -> None:
+        if info.step > bar.n:
+            bar.update(info.step - bar.n)
+        bar.set_postfix_str(
+            f"best L2 {float(info.best_l2.min()):.2e}, converged "
+            f"{int(info.converged.sum())}/{int(info.converged.numel())}",
+            refresh=False,
+        )
+        if frames_dirs and info.hr is not None:
+            for k, d in enumerate(frames_dirs):
+                to_pil(info.hr[k]).save(d / f"step_{info.step:0{sw}d}.png")
+
+    try:
+        return pulse_search(
+            generator, target, n=args.n, seed=args.seed, settings=settings, device=device,
+            callback=callback, callback_images=bool(frames_dirs),
+        )
+    finally:
+        bar.close()
+
+
+def _write_gif(frames_dir: Path, dest: Path, max_side: int = 256) -> None:
+    """Animated GIF of the saved frames (80 ms each, looping), at most ``max_side`` pixels."""
+    from PIL import Image
+
+    files = sorted(frames_dir.glob("step_*.png"))
+    if not files:
+        return
+    frames = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            if max(im.size) > max_side:
+                im = im.resize((max_side, max_side), Image.Resampling.LANCZOS)
+            frames.append(im.copy())
+    frames[0].save(dest, format="GIF", save_all=True, append_images=frames[1:], duration=80,
+                   loop=0)
