@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pulse_sr.cli.common import (
     EXIT_FAILED, EXIT_NOT_CONVERGED, EXIT_OK, NOTICE, Job, UsageError, announce_gaussian_fit,
@@ -63,8 +63,6 @@ def add_parser(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``pulse-sr run``: search every input; see the module docstring for exit codes."""
-    import torch
-
     from pulse_sr.errors import PulseError
     from pulse_sr.search.pulse import validate_settings
     from pulse_sr.search.settings import SearchSettings
@@ -113,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         seen[key] = job.path
         try:
-            _run_one(job, args, generator, settings, device, outdir, torch)
+            _run_one(job, args, generator, settings, device, outdir)
         except (PulseError, OSError) as e:
             job.status, job.error = "failed", one_line(e)
             err(f"error: {job.path}: {job.error}")
@@ -136,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any,
-             device: str, outdir: Path, torch: Any) -> None:
+             device: str, outdir: Path) -> None:
     from pulse_sr.errors import PulseError
-    from pulse_sr.io.files import atomic_write_json, staged_dir
-    from pulse_sr.io.images import fit_to_generator, load_image, save_png
+    from pulse_sr.io.files import staged_dir
+    from pulse_sr.io.images import fit_to_generator, load_image
     from pulse_sr.search.pulse import pulse_search
 
     path = job.path
@@ -176,43 +174,70 @@ def _run_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any,
         result = _search_with_progress(
             job, args, generator, target, settings, device, frames_dirs, sw, pulse_search
         )
-        save_png(target, tmp / "input.png")
-        candidates = result.candidates()
-        entries = []
-        for c in candidates:
-            files = {"hr": f"hr_{c.index:0{cw}d}.png", "lr": f"lr_{c.index:0{cw}d}.png"}
-            save_png(c.hr, tmp / files["hr"])
-            save_png(c.lr, tmp / files["lr"])
-            if args.save_intermediate:
-                files["frames"] = f"intermediate/cand_{c.index:0{cw}d}"
-                files["gif"] = f"search_{c.index:0{cw}d}.gif"
-                _write_gif(frames_dirs[c.index], tmp / files["gif"])
-            entries.append({**c.summary(), "files": files})
-        l2s = [c.l2 for c in candidates]
-        best = min(range(len(l2s)), key=lambda k: (l2s[k] != l2s[k], l2s[k]))  # nan last
-        n_conv = sum(1 for c in candidates if c.converged)
-        report = {
-            "pulse_sr_version": version(),
-            "input": {"path": str(path), "original_size": original, "used_size": used,
-                      "notes": notes},
-            "generator": generator.describe(),
-            "settings": {**settings.to_dict(), "n": n, "seed": args.seed, "device": device},
-            "candidates": entries,
-            "any_converged": n_conv > 0,
-            "best_index": best,
-            "seconds": round(time.perf_counter() - started, 3),
-            "torch_version": torch.__version__,
-            "notice": NOTICE,
-        }
-        atomic_write_json(tmp / "report.json", json_safe(report))
+        report = write_result_files(
+            tmp, target=target, result=result, generator=generator,
+            settings={**settings.to_dict(), "n": n, "seed": args.seed, "device": device},
+            input_info={"path": str(path), "original_size": original, "used_size": used,
+                        "notes": notes},
+            started=started, frames_dirs=frames_dirs,
+        )
+    n_conv = sum(1 for c in report["candidates"] if c["converged"])
+    best = report["best_index"]
+    best_l2 = report["candidates"][best]["final_l2"]
+    best_l2 = float("nan") if best_l2 is None else best_l2
 
     job.status, job.converged = "done", n_conv > 0
-    best_l2 = l2s[best]
     if n_conv:
         out(f"{path}: {n_conv}/{n} candidates within eps (best L2 {best_l2:.2e}) -> {final}")
     else:
         err(f"{path}: WARNING no candidate within eps={settings.eps:g}; best L2 {best_l2:.2e}; "
              f"results written anyway, marked not converged -> {final}")
+
+
+def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any,
+                       settings: dict[str, Any], input_info: dict[str, Any], started: float,
+                       frames_dirs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Write one input's results into ``folder`` (normally a staged, not yet renamed, folder).
+
+    Files: ``input.png`` (the ``[1, 3, h, w]`` target in [0, 1]), per candidate ``hr_KK.png``
+    and ``lr_KK.png`` (its own downscale: the proof), ``search_KK.gif`` when frames were saved,
+    and ``report.json`` last. Returns the report dict.
+    """
+    import torch
+
+    from pulse_sr.io.files import atomic_write_json
+    from pulse_sr.io.images import save_png
+
+    candidates = result.candidates()
+    cw = max(2, len(str(len(candidates) - 1)))
+    save_png(target, folder / "input.png")
+    entries = []
+    for c in candidates:
+        files = {"hr": f"hr_{c.index:0{cw}d}.png", "lr": f"lr_{c.index:0{cw}d}.png"}
+        save_png(c.hr, folder / files["hr"])
+        save_png(c.lr, folder / files["lr"])
+        if frames_dirs:
+            files["frames"] = f"intermediate/cand_{c.index:0{cw}d}"
+            files["gif"] = f"search_{c.index:0{cw}d}.gif"
+            _write_gif(frames_dirs[c.index], folder / files["gif"])
+        entries.append({**c.summary(), "files": files})
+    l2s = [c.l2 for c in candidates]
+    best = min(range(len(l2s)), key=lambda k: (l2s[k] != l2s[k], l2s[k]))  # nan last
+    report = {
+        "pulse_sr_version": version(),
+        "input": input_info,
+        "generator": generator.describe(),
+        "settings": settings,
+        "candidates": entries,
+        "any_converged": any(c.converged for c in candidates),
+        "best_index": best,
+        "seconds": round(time.perf_counter() - started, 3),
+        "torch_version": torch.__version__,
+        "notice": NOTICE,
+    }
+    report = json_safe(report)
+    atomic_write_json(folder / "report.json", report)
+    return report
 
 
 def _search_with_progress(job: Job, args: argparse.Namespace, generator: Any, target: Any,
