@@ -1,0 +1,267 @@
+"""The HTTP layer of the web app: a FastAPI app over :class:`~pulse_sr.web.jobs.JobManager`.
+
+Routes (all JSON unless noted; refusals are ``{"error": "..."}`` with a 4xx status):
+
+- ``GET /`` the page; ``GET /static/NAME`` its files (looked up in a fixed list)
+- ``GET /api/config`` limits and defaults; ``GET /api/generators``; ``GET /api/examples``
+- ``POST /api/inputs`` body = the image bytes (streamed, size-limited) -> input info
+- ``POST /api/examples/NAME`` use a bundled example as the input
+- ``GET /api/inputs/ID/preview.png``, ``/api/inputs/ID/face_K.png``
+- ``POST /api/jobs`` ``{"input_id", "generator", "n", "steps", "eps", "seed", "resize",
+  "center_crop", "face", "size"}`` -> ``{"job_id", "position"}``
+- ``GET /api/jobs/ID`` status; ``GET /api/jobs/ID/events`` server-sent events (``update``
+  with status, new loss-curve points and live previews; ``end`` once finished)
+- ``POST /api/jobs/ID/cancel``; ``GET /api/jobs/ID/files/NAME``; ``GET /api/jobs/ID/results.zip``
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import urllib.parse
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from pulse_sr.web.jobs import FINAL_STATES, JobManager, WebError, WebSettings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+EXAMPLE_PREFIX = "example_"
+#: request types a web page of another site may send without asking (CORS "simple" requests):
+#: refused on the POST routes that take a body, so other sites cannot submit work here
+SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: how often an event stream looks for news, and sends a keep-alive comment
+POLL_SECONDS, KEEPALIVE_SECONDS = 0.1, 15.0
+
+
+def static_files() -> dict[str, Path]:
+    """Name -> path of every file shipped in ``static/`` (the only files served from it)."""
+    return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES}
+
+
+def examples() -> dict[str, Path]:
+    """Bundled example inputs: ``face16`` -> ``static/example_face16.png`` ..."""
+    return {name[len(EXAMPLE_PREFIX):-4]: p for name, p in static_files().items()
+            if name.startswith(EXAMPLE_PREFIX) and name.endswith(".png")}
+
+
+def create_app(settings: WebSettings | None = None) -> FastAPI:
+    """The web app. Worker threads start with the app's lifespan and stop (removing every
+    temporary file) when it ends."""
+    settings = settings or WebSettings()
+    manager = JobManager(settings)
+    files = static_files()
+    example_files = examples()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(manager.stop)
+
+    app = FastAPI(title="pulse-sr", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.manager = manager
+    if settings.host in LOOPBACK:  # DNS rebinding: only our own names in the Host header
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))
+
+    @app.exception_handler(WebError)
+    async def web_error(request: Request, exc: WebError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        text = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"error": text}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "malformed request"}, status_code=400)
+
+    # -- page ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return FileResponse(files["index.html"], media_type=STATIC_TYPES[".html"],
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        path = files.get(name)
+        if path is None:
+            raise WebError(404, "no such file")
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                            headers={"Cache-Control": "no-cache"})
+
+    # -- configuration ---------------------------------------------------------------------
+    @app.get("/api/config")
+    async def config() -> dict[str, Any]:
+        from pulse_sr.web.photos import align_status
+
+        align_ok, align_why = align_status()
+        return {
+            "max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels,
+            "max_candidates": settings.max_candidates, "max_steps": settings.max_steps,
+            "small_max_side": settings.small_max_side, "workers": settings.workers,
+            "align_available": align_ok, "align_message": align_why,
+            "defaults": {"n": min(4, settings.max_candidates), "steps": min(100, settings.max_steps),
+                         "eps": 2e-3, "seed": 0},
+        }
+
+    @app.get("/api/generators")
+    async def generators() -> list[dict[str, Any]]:
+        return [e.to_json() for e in manager.generators.entries.values()]
+
+    @app.get("/api/examples")
+    async def list_examples() -> list[dict[str, Any]]:
+        return [{"name": k, "image": f"/static/{p.name}"} for k, p in sorted(example_files.items())]
+
+    # -- inputs ----------------------------------------------------------------------------
+    @app.post("/api/inputs")
+    async def upload(request: Request) -> dict[str, Any]:
+        if _media_type(request) in SIMPLE_TYPES:
+            raise WebError(415, "send the image bytes as the request body (Content-Type "
+                                "application/octet-stream or image/*), not as a form")
+        limit = int(settings.max_upload_mb * 1024 * 1024)
+        too_big = f"the file is larger than this server's limit of {settings.max_upload_mb:g} MB"
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise WebError(413, too_big)
+        name = _display_name(request.headers.get("x-filename", ""))
+        input_id, folder = manager.new_input_dir()
+        try:
+            size = 0
+            with open(folder / "upload.bin", "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise WebError(413, too_big)
+                    f.write(chunk)
+            if size == 0:
+                raise WebError(400, "empty upload: choose an image file")
+            rec = await run_in_threadpool(manager.register_input, input_id, folder, name)
+        except ClientDisconnect:
+            manager.discard_input_dir(folder)
+            raise WebError(400, "upload interrupted") from None
+        except BaseException:
+            manager.discard_input_dir(folder)
+            raise
+        return rec.to_json()
+
+    @app.post("/api/examples/{name}")
+    async def use_example(name: str) -> dict[str, Any]:
+        path = example_files.get(name)
+        if path is None:
+            raise WebError(404, "no such example")
+        input_id, folder = manager.new_input_dir()
+        try:
+            (folder / "upload.bin").write_bytes(path.read_bytes())
+            rec = await run_in_threadpool(manager.register_input, input_id, folder, f"{name}.png")
+        except BaseException:
+            manager.discard_input_dir(folder)
+            raise
+        return rec.to_json()
+
+    @app.get("/api/inputs/{input_id}/{name}")
+    async def input_file(input_id: str, name: str) -> Response:
+        return FileResponse(manager.input_file(input_id, name), media_type="image/png")
+
+    # -- jobs ------------------------------------------------------------------------------
+    @app.post("/api/jobs")
+    async def create_job(request: Request) -> JSONResponse:
+        if _media_type(request) != "application/json":
+            raise WebError(415, "expected a JSON body (Content-Type application/json)")
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise WebError(400, "expected a JSON body") from None
+        job = await run_in_threadpool(manager.create_job, body)
+        return JSONResponse({"job_id": job.id, "position": manager.position(job),
+                             "events": f"/api/jobs/{job.id}/events"}, status_code=201)
+
+    @app.get("/api/jobs/{job_id}")
+    async def job_status(job_id: str) -> dict[str, Any]:
+        return manager.snapshot(manager.get_job(job_id))
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        job = manager.cancel(job_id)
+        return {"job_id": job.id, "state": job.state, "cancel_requested": True}
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        job = manager.get_job(job_id)
+        return StreamingResponse(
+            _event_stream(manager, job, request), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/api/jobs/{job_id}/files/{name}")
+    async def job_file(job_id: str, name: str) -> Response:
+        path = manager.job_file(job_id, name)
+        media = "application/json" if name.endswith(".json") else "image/png"
+        return FileResponse(path, media_type=media)
+
+    @app.get("/api/jobs/{job_id}/results.zip")
+    async def results_zip(job_id: str) -> Response:
+        data = await run_in_threadpool(manager.zip_bytes, job_id)
+        return Response(data, media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="pulse-sr-{job_id[:8]}.zip"'})
+
+    return app
+
+
+async def _event_stream(manager: JobManager, job: Any, request: Request) -> AsyncIterator[str]:
+    """Server-sent events for one client: ``update`` whenever the job changed (status, loss-curve
+    points this client has not seen, previews when new), then ``end``."""
+    sent_curve, sent_previews, last_key = 0, 0, None
+    last_sent = time.monotonic()
+    while True:
+        snap = manager.snapshot(job)
+        with job.lock:
+            key = (job.version, snap["position"])
+            curve = job.curve[sent_curve:]
+            previews = job.previews if job.preview_version != sent_previews else None
+            preview_version = job.preview_version
+        if key != last_key:
+            snap["curve"] = curve
+            sent_curve += len(curve)
+            if previews is not None:
+                snap["previews"] = previews
+                sent_previews = preview_version
+            yield f"event: update\ndata: {json.dumps(snap, allow_nan=False)}\n\n"
+            last_key, last_sent = key, time.monotonic()
+        if snap["state"] in FINAL_STATES:
+            yield f"event: end\ndata: {json.dumps({'state': snap['state']})}\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _display_name(header: str) -> str:
+    """The client's file name, for display only (never used as a path)."""
+    name = urllib.parse.unquote(header or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^\w .,()+-]", "_", name).strip()[:80]
+    return name or "upload"

@@ -1,0 +1,444 @@
+"""Inputs and search jobs of the web app: a queue, worker threads, per-job temporary
+folders, cancel and cleanup. No HTTP here (see :mod:`pulse_sr.web.app`).
+
+Every file lives under one server-made root folder: ``inputs/<id>/`` holds an
+upload (always saved as ``upload.bin``, decoded by content) and its previews;
+``jobs/<id>/result/`` holds what ``pulse-sr run`` would write
+(:func:`pulse_sr.cli.run.write_result_files`) plus ``spread.png`` and, for photos,
+``photo.png`` and ``restored_KK.png``. Ids are random; names handed to the
+client come from the server and are checked against a per-job set before use.
+Folders are removed ``job_ttl`` seconds after their last use.
+"""
+from __future__ import annotations
+
+import collections
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pulse_sr.web.records import (  # noqa: F401 - WebSettings, WebError re-exported for callers
+    FINAL_STATES, InputRecord, JobCancelled, JobRecord, WebError, WebSettings, finite_or_none,
+    int_field, user_text,
+)
+
+#: search input side for a face from a photo, as ``pulse-sr restore`` (nearest valid size)
+DEFAULT_FACE_SIZE = 16
+
+
+class JobManager:
+    """Owns the root folder, inputs, jobs, the queue, worker threads and the janitor."""
+
+    def __init__(self, settings: WebSettings) -> None:
+        from pulse_sr.web.generators import GeneratorCache, list_generators
+
+        self.settings = settings
+        parent = Path(settings.work_dir) if settings.work_dir else None
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="pulse-sr-web-", dir=parent))
+        (self.root / "inputs").mkdir()
+        (self.root / "jobs").mkdir()
+        self.generators = GeneratorCache(list_generators(settings.generators), settings.device)
+        self.inputs: dict[str, InputRecord] = {}
+        self.jobs: dict[str, JobRecord] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._janitor_wake = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker threads (several workers share the CPU cores) and the janitor."""
+        workers = max(1, self.settings.workers)
+        if workers > 1:
+            import os
+
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        for k in range(workers):
+            t = threading.Thread(target=self._worker, name=f"pulse-sr-worker-{k}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._janitor, name="pulse-sr-janitor", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel everything, stop the threads and remove the root folder."""
+        with self._cond:
+            self._stopping = True
+            for job in self.jobs.values():
+                job.cancel.set()
+            self._cond.notify_all()
+        self._janitor_wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def new_input_dir(self) -> tuple[str, Path]:
+        input_id = secrets.token_hex(16)
+        folder = self.root / "inputs" / input_id
+        folder.mkdir()
+        return input_id, folder
+
+    def register_input(self, input_id: str, folder: Path, name: str) -> InputRecord:
+        """Decode ``folder/upload.bin`` (content sniffed by Pillow), classify, write previews."""
+        from pulse_sr.errors import PulseError
+        from pulse_sr.io.images import load_image, save_png
+        from pulse_sr.web import photos
+        from pulse_sr.web.images import preview_image
+
+        s = self.settings
+        path = folder / "upload.bin"
+        try:
+            img = load_image(path, max_pixels=s.max_pixels)
+        except PulseError as e:
+            raise WebError(415 if "not an image" in str(e) else 400, user_text(str(e), path)) from None
+        h, w = int(img.shape[1]), int(img.shape[2])
+        kind = "small" if max(h, w) <= s.small_max_side else "photo"
+        rec = InputRecord(id=input_id, dir=folder, name=name, width=w, height=h, kind=kind,
+                          touched=time.time())
+        if kind == "small":
+            save_png(img, folder / "preview.png")
+        else:
+            preview_image(img, s.photo_max_side).save(folder / "preview.png")
+            ok, why = photos.align_status()
+            rec.align_available = ok
+            if ok:
+                try:
+                    rec.faces = photos.detect_faces(img)
+                except Exception as e:  # noqa: BLE001 - detection problems become a message
+                    rec.message = f"face detection failed: {user_text(str(e), path)}"
+                for f in rec.faces:
+                    preview_image(f.crop, 256).save(folder / f"face_{f.index}.png")
+                if not rec.faces and not rec.message:
+                    rec.message = ("no face found in this photo; you can still use the whole image "
+                                   "(centre-crop and resize)")
+            else:
+                rec.message = (f"this is a {w}x{h} photo, not a tiny face, and {why}: you can "
+                               "use the whole image (centre-crop and resize) or upload a small "
+                               "face crop")
+        with self._cond:
+            self.inputs[input_id] = rec
+        return rec
+
+    def discard_input_dir(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def get_input(self, input_id: str) -> InputRecord:
+        rec = self.inputs.get(input_id)
+        if rec is None:
+            raise WebError(404, "unknown input (it may have expired): upload it again")
+        return rec
+
+    def input_file(self, input_id: str, name: str) -> Path:
+        rec = self.get_input(input_id)
+        allowed = {"preview.png"} | {f"face_{f.index}.png" for f in rec.faces}
+        if name not in allowed:
+            raise WebError(404, "no such file")
+        return rec.dir / name
+
+    # -- jobs ------------------------------------------------------------------------------
+    def create_job(self, body: dict[str, Any]) -> JobRecord:
+        """Check the request, build the search target and queue the job."""
+        from pulse_sr.errors import PulseError
+        from pulse_sr.io.images import fit_to_generator, load_image
+        from pulse_sr.search.pulse import validate_settings
+        from pulse_sr.search.settings import SearchSettings
+
+        s = self.settings
+        if not isinstance(body, dict):
+            raise WebError(400, "expected a JSON object")
+        rec = self.get_input(str(body.get("input_id", "")))
+        entries = self.generators.entries
+        gname = body.get("generator") or next((n for n, e in entries.items() if e.default), "")
+        if gname not in entries:
+            raise WebError(400, f"unknown generator {str(gname)[:40]!r}; offered: {', '.join(entries)}")
+        if not entries[gname].available:
+            raise WebError(400, f"generator {gname} is not available: {entries[gname].reason}")
+        n = int_field(body, "n", min(4, s.max_candidates), 1, s.max_candidates, "candidates")
+        steps = int_field(body, "steps", min(100, s.max_steps), 1, s.max_steps, "steps")
+        seed = int_field(body, "seed", 0, 0, 2**31 - 1, "seed")
+        eps = body.get("eps", 2e-3)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+            raise WebError(400, "eps must be a number in (0, 1]")
+        resize, crop = bool(body.get("resize", False)), bool(body.get("center_crop", False))
+        settings = SearchSettings(steps=steps, eps=float(eps))
+        validate_settings(settings)
+        res = entries[gname].resolution
+        if res is None:  # not known without loading (zoo entries)
+            try:
+                res = int(self.generators.get(gname)[0].resolution)
+            except (PulseError, OSError) as e:
+                raise WebError(500, f"cannot load generator {gname}: {e}") from None
+        face = None
+        face_index = body.get("face")
+        try:
+            if face_index is not None:
+                if isinstance(face_index, bool) or not isinstance(face_index, int) \
+                        or not 0 <= face_index < len(rec.faces):
+                    raise WebError(400, "no such face in this photo")
+                from pulse_sr.degradations.bicubic import valid_input_sizes
+                from pulse_sr.io.images import nearest_size
+                from pulse_sr.web import photos
+
+                sizes = valid_input_sizes(res)
+                size = body.get("size") or nearest_size(DEFAULT_FACE_SIZE, sizes)
+                if size not in sizes:
+                    raise WebError(400, f"face size must be one of {', '.join(map(str, sizes))} for {gname}")
+                photo = load_image(rec.dir / "upload.bin", max_pixels=s.max_pixels)
+                face = photos.align_face(photo, rec.faces[face_index], gname, res)
+                target = face.low_res(int(size))
+                notes = [(f"face {face_index} of the photo, FFHQ-aligned for {gname}, "
+                          f"downscaled to {size}x{size}")]
+            else:
+                img = load_image(rec.dir / "upload.bin", max_pixels=s.max_pixels)
+                target, notes = fit_to_generator(img, res, resize=resize, center_crop=crop,
+                                                 name="input")
+        except PulseError as e:
+            raise WebError(400, user_text(str(e), rec.dir / "upload.bin")) from None
+        job = JobRecord(
+            id=secrets.token_hex(16), dir=Path(), input_id=rec.id,
+            params={"generator": gname, "n": n, "steps": steps, "eps": float(eps), "seed": seed,
+                    "resize": resize, "center_crop": crop, "face": face_index},
+            target=target, notes=notes, face=face,
+            input_info={"path": f"upload: {rec.name}", "original_size": [rec.width, rec.height],
+                        "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes},
+        )
+        if face is not None:
+            job.input_info["face"] = face.record()
+        with self._cond:
+            if self._stopping:
+                raise WebError(503, "the server is shutting down")
+            if len(self._queue) >= s.max_queue:
+                raise WebError(429, f"the queue is full ({len(self._queue)} jobs waiting); try again later")
+            job.dir = self.root / "jobs" / job.id
+            job.dir.mkdir()
+            rec.touched = time.time()
+            self.jobs[job.id] = job
+            self._queue.append(job.id)
+            self._cond.notify()
+        return job
+
+    def get_job(self, job_id: str) -> JobRecord:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise WebError(404, "unknown job (it may have expired)")
+        return job
+
+    def position(self, job: JobRecord) -> int:
+        """1-based place in the queue; 0 once it left the queue."""
+        with self._cond:
+            try:
+                return self._queue.index(job.id) + 1
+            except ValueError:
+                return 0
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self.get_job(job_id)
+        with self._cond:
+            if job.state == "queued":
+                try:
+                    self._queue.remove(job.id)
+                except ValueError:
+                    pass
+                self._finish(job, "cancelled", "cancelled before it started")
+            elif job.state == "running":
+                job.cancel.set()
+            self._cond.notify_all()
+        return job
+
+    def job_file(self, job_id: str, name: str) -> Path:
+        job = self.get_job(job_id)
+        if job.state != "done" or name not in job.files:
+            raise WebError(404, "no such file")
+        return job.dir / "result" / name
+
+    def snapshot(self, job: JobRecord) -> dict[str, Any]:
+        """Plain-data status of a job (no curve, no previews)."""
+        position = self.position(job)  # lock order: the queue's lock, then the job's
+        with job.lock:
+            return {
+                "job_id": job.id, "state": job.state, "position": position,
+                "step": job.step, "total_steps": job.params["steps"], "params": job.params,
+                "notes": job.notes, "l2": list(job.l2), "best_l2": list(job.best_l2),
+                "converged": list(job.converged), "error": job.error, "result": job.result,
+                "seconds": round((job.finished or time.time()) - job.started, 2) if job.started else 0.0,
+            }
+
+    # -- worker ----------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self.jobs.get(self._queue.popleft())
+                if job is None or job.state != "queued":
+                    continue
+                with job.lock:
+                    job.state, job.started = "running", time.time()
+                    job.version += 1
+            try:
+                self._run(job)
+            except JobCancelled:
+                self._finish(job, "cancelled", "cancelled")
+            except Exception as e:  # noqa: BLE001 - one line on the page
+                self._finish(job, "failed", " ".join(str(e).split()) or type(e).__name__)
+
+    def _finish(self, job: JobRecord, state: str, message: str = "") -> None:
+        with job.lock:
+            job.state, job.finished = state, time.time()
+            if state != "done":
+                job.error = message
+            job.version += 1
+
+    def _run(self, job: JobRecord) -> None:
+        from pulse_sr.search.pulse import pulse_search
+        from pulse_sr.search.settings import SearchSettings
+
+        p, s = job.params, self.settings
+        gen, fit = self.generators.get(p["generator"])
+        n = p["n"]
+        with job.lock:
+            job.l2, job.best_l2, job.converged = [None] * n, [None] * n, [False] * n
+        settings = SearchSettings(steps=p["steps"], eps=p["eps"])
+        started = time.perf_counter()
+
+        def callback(info: Any) -> None:
+            if job.cancel.is_set():
+                raise JobCancelled()
+            l2 = [finite_or_none(float(v)) for v in info.l2]
+            show = info.hr is not None and (info.step % max(1, s.preview_every) == 0
+                                            or info.step == 1 or not bool(info.active.any()))
+            previews = self._previews(info.hr) if show else None
+            with job.lock:
+                job.step = info.step
+                job.l2 = l2
+                job.best_l2 = [finite_or_none(float(v)) for v in info.best_l2]
+                job.converged = [bool(c) for c in info.converged]
+                job.curve.append([info.step, l2])
+                if previews is not None:
+                    job.previews, job.preview_version = previews, job.preview_version + 1
+                job.version += 1
+
+        if job.cancel.is_set():
+            raise JobCancelled()
+        result = pulse_search(gen, job.target, n=n, seed=p["seed"], settings=settings,
+                              device=s.device, gaussian_fit=fit, callback=callback,
+                              callback_images=True)
+        if job.cancel.is_set():
+            raise JobCancelled()
+        self._write(job, gen, result, settings, started)
+
+    def _previews(self, hr: Any) -> list[str]:
+        from pulse_sr.web.images import png_data_url, preview_image
+
+        return [png_data_url(preview_image(img, self.settings.preview_max_side)) for img in hr]
+
+    def _write(self, job: JobRecord, gen: Any, result: Any, settings: Any, started: float) -> None:
+        from pulse_sr.cli.run import write_result_files
+        from pulse_sr.io.files import staged_dir
+        from pulse_sr.web import photos
+        from pulse_sr.web.generators import BUILTIN
+        from pulse_sr.web.images import heat_image, spread
+
+        p = job.params
+        with staged_dir(job.dir / "result") as tmp:
+            report = write_result_files(
+                tmp, target=job.target, result=result, generator=gen,
+                settings={**settings.to_dict(), "n": p["n"], "seed": p["seed"],
+                          "device": self.settings.device},
+                input_info=job.input_info, started=started,
+            )
+            sp = spread(result.hr)
+            vmax = float(sp.max())
+            heat_image(sp, vmax).save(tmp / "spread.png")
+            files = {"input.png", "report.json", "spread.png"}
+            restored: dict[int, str] = {}
+            rec = self.inputs.get(job.input_id)
+            if job.face is not None and rec is not None:
+                from pulse_sr.io.images import load_image, save_png
+
+                photo = load_image(rec.dir / "upload.bin", max_pixels=self.settings.max_pixels)
+                before, after = photos.paste_back(photo, job.face, result.hr)
+                save_png(before, tmp / "photo.png")
+                for k, img in enumerate(after):
+                    restored[k] = f"restored_{k:02d}.png"
+                    save_png(img, tmp / restored[k])
+                files |= {"photo.png", *restored.values()}
+        cands = []
+        for c in report["candidates"]:
+            files |= {c["files"]["hr"], c["files"]["lr"]}
+            cands.append({**c, "hr": c["files"]["hr"], "lr": c["files"]["lr"],
+                          "restored": restored.get(c["index"])})
+        entry = self.generators.entries[p["generator"]]
+        card = entry.model_card or BUILTIN.get(p["generator"], (0, None, ""))[1]
+        with job.lock:
+            job.files = files
+            job.result = {
+                "input": "input.png", "candidates": cands, "spread": "spread.png",
+                "spread_max": round(vmax, 5), "spread_mean": round(float(sp.mean()), 5),
+                "photo": "photo.png" if restored else None, "face_box": self._face_box(job),
+                "best_index": report["best_index"],
+                "any_converged": report["any_converged"], "notice": report["notice"],
+                "model_card": card, "card_text": entry.card_text,
+                "generator": gen.describe(), "zip": f"/api/jobs/{job.id}/results.zip",
+            }
+        self._finish(job, "done")
+
+    def _face_box(self, job: JobRecord) -> list[float] | None:
+        """The detected face's box as fractions of the photo (for zooming the slider)."""
+        rec = self.inputs.get(job.input_id)
+        det = getattr(job.face, "detection", None)
+        if rec is None or det is None:
+            return None
+        left, top, right, bottom = det.box
+        return [left / rec.width, top / rec.height, right / rec.width, bottom / rec.height]
+
+    def zip_bytes(self, job_id: str) -> bytes:
+        """All result files of a finished job as one zip (in memory)."""
+        import io
+        import zipfile
+
+        job = self.get_job(job_id)
+        if job.state != "done":
+            raise WebError(409, "the job has no results yet")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in sorted(job.files):
+                z.write(job.dir / "result" / name, f"pulse-sr-{job.id[:8]}/{name}")
+        return buf.getvalue()
+
+    # -- cleanup ---------------------------------------------------------------------------
+    def _janitor(self) -> None:
+        interval = max(0.2, min(60.0, self.settings.job_ttl / 4))
+        while not self._janitor_wake.wait(interval):
+            self.cleanup()
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Remove inputs and finished jobs unused for ``job_ttl`` seconds; returns how many."""
+        now = time.time() if now is None else now
+        ttl = self.settings.job_ttl
+        gone: list[Path] = []
+        with self._cond:
+            busy_inputs = {j.input_id for j in self.jobs.values() if j.state not in FINAL_STATES}
+            for jid, job in list(self.jobs.items()):
+                if job.state in FINAL_STATES and job.finished is not None and now - job.finished > ttl:
+                    del self.jobs[jid]
+                    gone.append(job.dir)
+            for iid, rec in list(self.inputs.items()):
+                if iid not in busy_inputs and now - rec.touched > ttl:
+                    del self.inputs[iid]
+                    gone.append(rec.dir)
+        for d in gone:
+            shutil.rmtree(d, ignore_errors=True)
+        return len(gone)

@@ -1,0 +1,474 @@
+"""The web app's HTTP API against a live server (uvicorn in a thread), with the tiny generator."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import socket
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pulse_sr.degradations.bicubic import bicubic_downsample
+from pulse_sr.generators.tiny import make_tiny_generator
+from pulse_sr.io.images import png_bytes
+from pulse_sr.search.gaussian_fit import DEFAULT_SAMPLES, DEFAULT_SEED, fit_gaussian, store_gaussian_fit
+from pulse_sr.web.app import create_app
+from pulse_sr.web.jobs import WebSettings
+
+LIMITS = dict(max_upload_mb=0.25, max_pixels=600_000, max_candidates=3, max_steps=400, max_queue=4)
+
+
+def seed_tiny_fit() -> None:
+    """Put a small Gaussian fit of ``tiny`` where the server looks, so no test runs the 1M fit."""
+    gen = make_tiny_generator()
+    mean, std = fit_gaussian(gen, samples=20_000)
+    store_gaussian_fit(gen.weights_hash, mean, std, samples=DEFAULT_SAMPLES, seed=DEFAULT_SEED)
+
+
+@contextlib.contextmanager
+def live_server(settings: WebSettings) -> Iterator[tuple[str, Any]]:
+    """``(base URL, app)`` of the app served by uvicorn on a free port, stopped afterwards."""
+    import uvicorn
+
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not app.state.manager.root.exists(), "temporary folder left behind"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, Any]]:
+    seed_tiny_fit()
+    with live_server(WebSettings(preview_every=2, **LIMITS)) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server: tuple[str, Any]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0], timeout=120) as c:
+        yield c
+
+
+def planted_png(seed: int = 0, side: int = 8) -> tuple[bytes, torch.Tensor]:
+    """A downscaled sample of the tiny generator (a face with a known latent), as PNG bytes."""
+    gen = make_tiny_generator()
+    z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        x = ((gen(z) + 1) / 2).clamp(0, 1)
+    lr = bicubic_downsample(x, 32 // side)[0].clamp(0, 1)
+    return png_bytes(lr), lr
+
+
+def rgb_png(w: int, h: int, fmt: str = "PNG", noise: bool = True) -> bytes:
+    """Random (or, with ``noise=False``, flat grey: a few hundred bytes) RGB image bytes."""
+    rng = np.random.default_rng(w * 1000 + h)
+    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if noise else np.full((h, w, 3), 128, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt)
+    return buf.getvalue()
+
+
+def read_png(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def upload(c: httpx.Client, data: bytes, name: str = "face.png") -> httpx.Response:
+    return c.post("/api/inputs", content=data,
+                  headers={"X-Filename": name, "Content-Type": "application/octet-stream"})
+
+
+def start_job(c: httpx.Client, input_id: str, **kw: Any) -> str:
+    body = {"input_id": input_id, "generator": "tiny", "n": 2, "steps": 10, **kw}
+    r = c.post("/api/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["job_id"]
+
+
+def events(c: httpx.Client, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every server-sent event of a job until its ``end`` event."""
+    out = []
+    with c.stream("GET", f"/api/jobs/{job_id}/events") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                out.append((kind, json.loads(line[6:])))
+    assert out and out[-1][0] == "end"
+    return out
+
+
+def wait_state(c: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = c.get(f"/api/jobs/{job_id}").json()
+        if s["state"] in states:
+            return s
+        assert time.monotonic() < deadline, f"job stuck in {s['state']}"
+        time.sleep(0.05)
+
+
+# -- page and configuration ------------------------------------------------------------------
+def test_page_static_files_and_config(client: httpx.Client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "generated, not recovered" in page.text and "/static/app.js" in page.text
+    for name in ("app.js", "style.css", "example_face16.png"):
+        assert client.get(f"/static/{name}").status_code == 200
+    for bad in ("/static/nothing.js", "/static/..%2Fjobs.py", "/static/%2E%2E%2Fapp.py"):
+        r = client.get(bad)
+        assert r.status_code == 404 and "error" in r.json()
+    cfg = client.get("/api/config").json()
+    assert cfg["max_candidates"] == 3 and cfg["max_steps"] == 400 and cfg["max_upload_mb"] == 0.25
+    gens = {g["name"]: g for g in client.get("/api/generators").json()}
+    assert gens["tiny"]["resolution"] == 32 and gens["tiny"]["input_sizes"] == [4, 8, 16]
+    assert gens["dcgan-digiface"]["default"] and gens["dcgan-digiface"]["model_card"].startswith("https://")
+    assert "stylegan1" not in gens  # needs a user-supplied path
+    names = [e["name"] for e in client.get("/api/examples").json()]
+    assert names == ["face16", "face16_b", "face32"]
+
+
+# -- the main path ---------------------------------------------------------------------------
+def test_planted_face_live_events_results_and_zip(client: httpx.Client) -> None:
+    data, lr = planted_png(seed=0)
+    rec = upload(client, data).json()
+    assert (rec["width"], rec["height"], rec["kind"]) == (8, 8, "small")
+    assert torch.equal(read_png(client.get(rec["preview"]).content), read_png(data))
+    job = start_job(client, rec["input_id"], n=2, steps=100, seed=0)
+
+    evs = events(client, job)
+    updates = [d for k, d in evs if k == "update"]
+    steps = [u["step"] for u in updates]
+    assert steps == sorted(steps) and steps[-1] >= 1
+    curve = [p for u in updates for p in u["curve"]]
+    assert [p[0] for p in curve] == list(range(1, len(curve) + 1))  # every step, once
+    previews = [u["previews"] for u in updates if "previews" in u]
+    assert len(previews) >= 2 and all(len(p) == 2 for p in previews)
+    first = read_png(base64.b64decode(previews[0][0].split(",", 1)[1]))
+    last = read_png(base64.b64decode(previews[-1][0].split(",", 1)[1]))
+    assert first.shape == (3, 32, 32) and not torch.equal(first, last)  # the live face changed
+
+    s = client.get(f"/api/jobs/{job}").json()
+    assert s["state"] == "done" and s["step"] == len(curve)
+    res = s["result"]
+    eps = s["params"]["eps"]
+    target = read_png(client.get(f"/api/jobs/{job}/files/input.png").content)
+    assert torch.allclose(target, lr, atol=1 / 255 + 1e-6)
+    hrs = []
+    for c in res["candidates"]:
+        hr = read_png(client.get(f"/api/jobs/{job}/files/{c['hr']}").content)
+        own = read_png(client.get(f"/api/jobs/{job}/files/{c['lr']}").content)
+        hrs.append(hr)
+        assert hr.shape == (3, 32, 32) and own.shape == (3, 8, 8)
+        # the proof: lr is the downscale of hr, its L2 against the input is what the page shows
+        assert torch.allclose(bicubic_downsample(hr[None], 4)[0].clamp(0, 1), own, atol=3 / 255)
+        l2 = float(((own - target) ** 2).mean())
+        assert l2 == pytest.approx(c["final_l2"], rel=0.05, abs=2e-5)
+        assert c["converged"] == (c["final_l2"] <= eps)
+    assert any(c["converged"] for c in res["candidates"]), "planted face not found within eps"
+    # spread map: per-pixel std across the candidates, averaged over RGB
+    std = torch.stack(hrs).std(dim=0, unbiased=False).mean(dim=0)
+    assert res["spread_max"] == pytest.approx(float(std.max()), abs=0.01)
+    heat = read_png(client.get(f"/api/jobs/{job}/files/spread.png").content)
+    brightness = heat.sum(dim=0)
+    hot, cold = std.flatten().argmax(), std.flatten().argmin()
+    assert brightness.flatten()[hot] > brightness.flatten()[cold]
+
+    z = client.get(res["zip"])
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
+        names = {Path(n).name: n for n in zf.namelist()}
+        assert set(names) == {"input.png", "report.json", "spread.png", "hr_00.png", "lr_00.png",
+                              "hr_01.png", "lr_01.png"}
+        report = json.loads(zf.read(names["report.json"]))
+        assert zf.read(names["hr_01.png"]) == client.get(f"/api/jobs/{job}/files/hr_01.png").content
+    assert report["generator"]["name"] == "tiny" and report["settings"]["n"] == 2
+    assert [c["final_l2"] for c in report["candidates"]] == [c["final_l2"] for c in res["candidates"]]
+    assert "not a recovery" in report["notice"]
+
+
+def test_same_faces_as_the_command_line(client: httpx.Client, tmp_path: Path) -> None:
+    """The web app runs the library's search and writes results like ``pulse-sr run``."""
+    from pulse_sr.cli import main
+
+    data = planted_png(seed=3)[0]
+    (tmp_path / "face.png").write_bytes(data)
+    assert main(["run", str(tmp_path / "face.png"), "-o", str(tmp_path / "out"), "--generator", "tiny",
+                 "--n", "2", "--steps", "5", "--seed", "7", "--eps", "1e-9", "--quiet"]) == 3
+    job = start_job(client, upload(client, data).json()["input_id"], n=2, steps=5, seed=7, eps=1e-9)
+    s = wait_state(client, job, ("done", "failed"))
+    cli_report = json.loads((tmp_path / "out" / "face" / "report.json").read_text())
+    for c, ref in zip(s["result"]["candidates"], cli_report["candidates"]):
+        assert c["final_l2"] == ref["final_l2"] and c["seed"] == ref["seed"]
+        for kind in ("hr", "lr"):
+            web = client.get(f"/api/jobs/{job}/files/{c[kind]}").content
+            assert web == (tmp_path / "out" / "face" / ref["files"][kind]).read_bytes()
+
+
+def test_example_input_and_size_handling(client: httpx.Client) -> None:
+    rec = client.post("/api/examples/face16").json()
+    assert (rec["width"], rec["kind"], rec["name"]) == (16, "small", "face16.png")
+    r = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "n": 1,
+                                      "steps": 1})
+    assert r.status_code == 201  # 16 fits the 32x32 tiny generator
+    assert client.post("/api/examples/nope").status_code == 404
+
+    odd = upload(client, rgb_png(20, 20)).json()
+    r = client.post("/api/jobs", json={"input_id": odd["input_id"], "generator": "tiny", "steps": 1})
+    assert r.status_code == 400 and "4, 8 or 16" in r.json()["error"] and "resize" in r.json()["error"]
+    job = start_job(client, odd["input_id"], n=1, steps=1, resize=True)
+    s = wait_state(client, job, ("done", "failed"))
+    assert s["state"] == "done" and any("resized 20x20 to 16x16" in n for n in s["notes"])
+
+    wide = upload(client, rgb_png(16, 8)).json()
+    r = client.post("/api/jobs", json={"input_id": wide["input_id"], "generator": "tiny", "steps": 1})
+    assert r.status_code == 400 and "centre-crop" in r.json()["error"]
+    job = start_job(client, wide["input_id"], n=1, steps=1, center_crop=True)
+    assert wait_state(client, job, ("done", "failed"))["result"]["candidates"][0]["final_l2"] >= 0
+
+
+# -- cancel and queue ------------------------------------------------------------------------
+def test_cancel_stops_the_running_search(client: httpx.Client) -> None:
+    rec = upload(client, planted_png(seed=1)[0]).json()
+    job = start_job(client, rec["input_id"], n=1, steps=400, eps=1e-12)  # never stops early
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job}").json()["step"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    r = client.post(f"/api/jobs/{job}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    s = wait_state(client, job, ("cancelled", "done", "failed"), timeout=30)
+    assert s["state"] == "cancelled" and 2 <= s["step"] < 400 and s["result"] is None
+    time.sleep(0.3)
+    assert client.get(f"/api/jobs/{job}").json()["step"] == s["step"]  # the work really stopped
+    assert client.get(f"/api/jobs/{job}/files/report.json").status_code == 404
+    assert client.get(f"/api/jobs/{job}/results.zip").status_code == 409
+    assert [k for k, _ in events(client, job)] == ["update", "end"]
+    # the worker is free again
+    again = start_job(client, rec["input_id"], n=1, steps=2)
+    assert wait_state(client, again, ("done", "failed"))["state"] == "done"
+
+
+def test_queue_positions_and_cancel_while_queued(client: httpx.Client) -> None:
+    rec = upload(client, planted_png(seed=2)[0]).json()
+    first = start_job(client, rec["input_id"], n=3, steps=400, eps=1e-12)
+    wait_state(client, first, ("running",))
+    second = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "steps": 2})
+    third = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "steps": 2})
+    assert (second.json()["position"], third.json()["position"]) == (1, 2)
+    client.post(f"/api/jobs/{second.json()['job_id']}/cancel")
+    assert client.get(f"/api/jobs/{second.json()['job_id']}").json()["state"] == "cancelled"
+    assert client.get(f"/api/jobs/{third.json()['job_id']}").json()["position"] == 1
+    # a full queue refuses politely
+    more = [client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "steps": 2})
+            for _ in range(LIMITS["max_queue"])]
+    assert more[-1].status_code == 429 and "queue is full" in more[-1].json()["error"]
+    for r in [third, *more]:
+        if r.status_code == 201:
+            client.post(f"/api/jobs/{r.json()['job_id']}/cancel")
+    client.post(f"/api/jobs/{first}/cancel")
+    assert wait_state(client, first, ("cancelled",))["step"] < 400
+
+
+# -- refusals --------------------------------------------------------------------------------
+def test_limits_are_refused_with_messages(client: httpx.Client) -> None:
+    big = b"\0" * 300_000
+    r = upload(client, big)
+    assert r.status_code == 413 and "0.25 MB" in r.json()["error"]
+    r = client.post("/api/inputs", content=iter([b"\0" * 100_000] * 3),  # streamed, no length
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413
+    r = upload(client, rgb_png(1000, 700, noise=False))  # 700,000 pixels > 600,000
+    assert r.status_code == 400 and "too many pixels" in r.json()["error"]
+    rec = upload(client, planted_png()[0]).json()
+    for body, text in [({"n": 4}, "candidates must be between 1 and 3"),
+                       ({"steps": 401}, "steps must be between 1 and 400"),
+                       ({"steps": 2.5}, "steps must be a whole number"),
+                       ({"eps": 0}, "eps"), ({"seed": -1}, "seed"),
+                       ({"generator": "stylegan1"}, "unknown generator"),
+                       ({"face": 0}, "no such face")]:
+        r = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", **body})
+        assert r.status_code == 400 and text in r.json()["error"], (body, r.text)
+    r = client.post("/api/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+def test_other_sites_cannot_submit_work(client: httpx.Client) -> None:
+    """Bodies a foreign page could send without a CORS preflight are refused, and so are
+    Host names other than this computer's (DNS rebinding)."""
+    rec = upload(client, planted_png()[0]).json()
+    body = json.dumps({"input_id": rec["input_id"], "generator": "tiny", "steps": 1})
+    r = client.post("/api/jobs", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+    for kind in ("text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"):
+        r = client.post("/api/inputs", content=planted_png()[0], headers={"Content-Type": kind})
+        assert r.status_code == 415 and "not as a form" in r.json()["error"]
+    assert client.get("/", headers={"Host": "evil.example:8000"}).status_code == 400
+    assert client.get("/api/config", headers={"Host": "localhost"}).status_code == 200
+
+
+def test_bad_files_are_checked_by_content(client: httpx.Client) -> None:
+    r = upload(client, b"definitely not an image", "face.png")
+    assert r.status_code == 415 and "not an image" in r.json()["error"]
+    assert "upload.bin" not in r.json()["error"]  # server paths never shown
+    r = upload(client, rgb_png(16, 16)[:60], "face.png")
+    assert r.status_code == 400 and "corrupt" in r.json()["error"]
+    r = upload(client, b"", "face.png")
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    # a JPEG named like a text file with a path: read by content; the name is only displayed
+    r = upload(client, rgb_png(16, 16, "JPEG"), "..%2F..%2Fetc%2Fpasswd.txt")
+    assert r.status_code == 200 and r.json()["name"] == "passwd.txt" and r.json()["width"] == 16
+
+
+def test_unknown_ids_and_file_names_are_404(client: httpx.Client) -> None:
+    for method, url in [("GET", "/api/jobs/abc"), ("GET", "/api/jobs/abc/events"),
+                        ("POST", "/api/jobs/abc/cancel"), ("GET", "/api/jobs/abc/files/hr_00.png"),
+                        ("GET", "/api/jobs/abc/results.zip"), ("GET", "/api/inputs/abc/preview.png")]:
+        r = client.request(method, url)
+        assert r.status_code == 404 and "error" in r.json(), url
+    r = client.post("/api/jobs", json={"input_id": "abc", "generator": "tiny"})
+    assert r.status_code == 404 and "unknown input" in r.json()["error"]
+    rec = upload(client, planted_png()[0]).json()
+    job = start_job(client, rec["input_id"], n=1, steps=1)
+    wait_state(client, job, ("done",))
+    for name in ("upload.bin", "..%2Freport.json", "intermediate", "%2Fetc%2Fpasswd"):
+        assert client.get(f"/api/jobs/{job}/files/{name}").status_code == 404
+        assert client.get(f"/api/inputs/{rec['input_id']}/{name}").status_code == 404
+
+
+# -- photos ------------------------------------------------------------------------------------
+def astronaut_jpeg() -> bytes:
+    import skimage.data
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def test_photo_faces_aligned_and_pasted_back(client: httpx.Client) -> None:
+    rec = upload(client, astronaut_jpeg(), "astronaut.jpg").json()
+    assert rec["kind"] == "photo" and rec["align_available"] and len(rec["faces"]) == 1
+    left, top, right, bottom = rec["faces"][0]["box"]
+    assert 150 < (left + right) / 2 < 290 and 60 < (top + bottom) / 2 < 190  # her face
+    assert client.get(rec["faces"][0]["image"]).status_code == 200
+    job = start_job(client, rec["input_id"], n=2, steps=2, face=0, size=8)
+    s = wait_state(client, job, ("done", "failed"))
+    assert s["state"] == "done", s["error"]
+    res = s["result"]
+    assert res["photo"] == "photo.png" and [c["restored"] for c in res["candidates"]] == [
+        "restored_00.png", "restored_01.png"]
+    before = read_png(client.get(f"/api/jobs/{job}/files/photo.png").content)
+    after = read_png(client.get(f"/api/jobs/{job}/files/restored_00.png").content)
+    assert before.shape == after.shape and before.shape[1] >= 512
+    changed = (before - after).abs().sum(dim=0) > 0.05
+    xs = changed.nonzero(as_tuple=True)[1]
+    scale = before.shape[2] / 512
+    assert changed.any() and not changed[int(320 * scale):].any()  # only around the face
+    assert left * scale - 80 * scale < float(xs.float().mean()) < right * scale + 80 * scale
+    report = json.loads(client.get(f"/api/jobs/{job}/files/report.json").content)
+    assert report["input"]["used_size"] == [8, 8] and report["input"]["face"]["mode"] == "detected"
+
+
+def test_photo_without_alignment_offers_whole_image(client: httpx.Client,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulse_sr.web import photos
+
+    monkeypatch.setattr(photos, "align_module", lambda: None)
+    rec = upload(client, rgb_png(200, 150)).json()
+    assert rec["kind"] == "photo" and not rec["align_available"] and rec["faces"] == []
+    assert "not installed" in rec["message"] and "centre-crop" in rec["message"]
+    assert client.get("/api/config").json()["align_available"] is False
+    job = start_job(client, rec["input_id"], n=1, steps=1, center_crop=True, resize=True)
+    s = wait_state(client, job, ("done", "failed"))
+    assert s["state"] == "done" and s["result"]["photo"] is None
+    assert any("center-cropped 200x150" in n for n in s["notes"])
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+def test_expired_jobs_and_inputs_are_removed() -> None:
+    seed_tiny_fit()
+    with live_server(WebSettings(job_ttl=2.0)) as (url, app), httpx.Client(base_url=url, timeout=60) as c:
+        rec = upload(c, planted_png()[0]).json()
+        job = start_job(c, rec["input_id"], n=1, steps=1)
+        wait_state(c, job, ("done",))
+        folder = app.state.manager.jobs[job].dir
+        assert (folder / "result" / "hr_00.png").is_file()
+        deadline = time.monotonic() + 20
+        while c.get(f"/api/jobs/{job}").status_code != 404:  # the janitor runs every ttl/4
+            assert time.monotonic() < deadline, "expired job not removed"
+            time.sleep(0.1)
+        assert not folder.exists()
+        assert c.get(rec["preview"]).status_code == 404
+        assert not any((app.state.manager.root / "inputs").iterdir())
+
+
+# -- generators from the weights zoo, and the command ------------------------------------------
+def test_cached_zoo_checkpoints_are_offered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulse_sr.errors import WeightsError
+    from pulse_sr.web.generators import list_generators
+
+    monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path))
+    assert [e.name for e in list_generators()] == ["dcgan-digiface", "tiny"]  # nothing cached
+    folder = tmp_path / "stylegan2-ffhq-1024"
+    folder.mkdir()
+    (folder / "stylegan2-ffhq-1024x1024.pkl").write_bytes(b"not a pickle")
+    entries = {e.name: e for e in list_generators()}
+    zoo = entries["stylegan2-ffhq-1024"]
+    assert zoo.resolution == 1024 and zoo.model_card.startswith("https://") and "Licence" in zoo.card_text
+    with pytest.raises(WeightsError, match="not a pickle"):  # loads the cached file, no download
+        zoo.load("cpu")
+    assert [e.name for e in list_generators(("tiny",))] == ["tiny"]
+
+
+def test_serve_command_prints_the_address_and_serves(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PULSE_SR_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse_sr.cli", "serve", "--port", "0", "--work-dir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("pulse-sr web app: open http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split("open ", 1)[1].strip()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = httpx.get(url, timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert page.status_code == 200 and "pulse-sr" in page.text
+        assert len(list((tmp_path / "w").iterdir())) == 1  # its temporary folder
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not any((tmp_path / "w").iterdir()), "temporary folder left behind after Ctrl-C/TERM"
