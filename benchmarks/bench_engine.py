@@ -4,9 +4,10 @@
 Each configuration runs in its own subprocess (this script re-invoked with
 ``--worker CONFIG``) so that its peak memory (``ru_maxrss``) is its own.
 
-    python benchmarks/bench_engine.py                  # both configurations
+    python benchmarks/bench_engine.py                  # every configuration
     python benchmarks/bench_engine.py --only dcgan
     python benchmarks/bench_engine.py --only stylegan1 --steps 30 --fit-samples 100000
+    python benchmarks/bench_engine.py --only stylegan3 --steps 2 --fit-samples 2000   # smoke run
 
 See benchmarks/README.md for what each column means.
 """
@@ -35,6 +36,12 @@ CONFIGS = {
     # name: generator, input size, output size, candidates, default problems
     "dcgan": {"label": "dcgan-digiface", "generator": "dcgan-digiface", "input": 16, "n": 4, "problems": 5},
     "stylegan1": {"label": "stylegan1 (stand-in weights)", "generator": "stylegan1", "input": 32, "n": 1, "problems": 1},
+    # NVIDIA networks with the reference's stand-in weights (deterministic_weights_sg23.py) and, unless
+    # --fit-samples says otherwise, a 100,000-sample Gaussian fit (their weights have no cacheable hash)
+    "stylegan2": {"label": "stylegan2 1024 (stand-in weights)", "generator": "stylegan2", "input": 32, "n": 1,
+                  "problems": 1, "standin": "stylegan2", "fit_samples": 100_000},
+    "stylegan3": {"label": "stylegan3-T 256 (stand-in weights)", "generator": "stylegan3", "input": 16, "n": 1,
+                  "problems": 1, "standin": "stylegan3_t", "fit_samples": 100_000},
 }
 
 
@@ -60,6 +67,27 @@ def planted_target(G, i: int, factor: int):
         return pulse_sr.bicubic_downsample(x, factor)[0]
 
 
+def load_standin(network: str, reference: Path):
+    """An NVIDIA StyleGAN2/3 generator with the reference's stand-in weights (no pickle involved)."""
+    import importlib.util
+
+    script = reference / "deterministic_weights_sg23.py"
+    if not script.is_file():
+        raise SystemExit(f"no {script}; pass --reference DIR (the folder with deterministic_weights_sg23.py)")
+    spec = importlib.util.spec_from_file_location("deterministic_weights_sg23", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kwargs = json.loads((reference / f"{network}_keys.json").read_text())["kwargs"]
+    if network == "stylegan2":
+        from pulse_sr.generators.stylegan2 import load_stylegan2_state_dict as load
+    else:
+        from pulse_sr.generators.stylegan3 import load_stylegan3_state_dict as load
+    G = load(module.state_dict(network), kwargs)
+    G.weights_hash = f"stand-in-{network}"
+    G.weights_source = str(script)
+    return G
+
+
 def run_worker(config: str, args: argparse.Namespace) -> dict:
     import torch
     import pulse_sr
@@ -73,6 +101,8 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if config == "stylegan1":
         G = pulse_sr.load_generator("stylegan1", weights=args.weights_dir)
+    elif "standin" in cfg:
+        G = load_standin(cfg["standin"], args.reference)
     else:
         G = pulse_sr.load_generator(cfg["generator"])
     load_seconds = time.perf_counter() - t0
@@ -87,7 +117,8 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
             gaussian_fit_cache_path,
         )
 
-        if args.fit_samples is None or args.fit_samples == FULL_FIT_SAMPLES:
+        fit_samples = args.fit_samples if args.fit_samples is not None else cfg.get("fit_samples")
+        if fit_samples is None or fit_samples == FULL_FIT_SAMPLES:
             path = gaussian_fit_cache_path(G.weights_hash, FULL_FIT_SAMPLES, 0)
             was_cached = path.is_file()
             t0 = time.perf_counter()
@@ -101,10 +132,10 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
             }
         else:
             t0 = time.perf_counter()
-            fit = fit_gaussian(G, samples=args.fit_samples)
+            fit = fit_gaussian(G, samples=fit_samples)
             fit_seconds = time.perf_counter() - t0
             fit_info = {
-                "samples": args.fit_samples,
+                "samples": fit_samples,
                 "seconds": fit_seconds,
                 "source": "computed (reduced fit, not cached)",
                 "cache_path": None,
@@ -115,7 +146,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
     for i in range(problems):
         target = planted_target(G, i, factor)
         progress = None
-        if config == "stylegan1":
+        if config != "dcgan":
             def progress(info, _i=i):
                 if info.step == 1 or info.step % 10 == 0:
                     log(f"[{config}] problem {_i} step {info.step}/{info.total_steps} "
@@ -210,7 +241,8 @@ def spawn_worker(config: str, args: argparse.Namespace, weights_dir: Path | None
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config,
-               "--worker-out", str(out), "--steps", str(args.steps), "--seed", str(args.seed)]
+               "--worker-out", str(out), "--steps", str(args.steps), "--seed", str(args.seed),
+               "--reference", str(args.reference)]
         if args.problems is not None:
             cmd += ["--problems", str(args.problems)]
         if args.fit_samples is not None:
@@ -254,12 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=sorted(CONFIGS), help="run one configuration")
     p.add_argument("--steps", type=int, default=100, help="search steps (default 100, PULSE's)")
     p.add_argument("--problems", type=int, default=None,
-                   help="planted problems per configuration (default: dcgan 5, stylegan1 1)")
+                   help="planted problems per configuration (default: dcgan 5, the others 1)")
     p.add_argument("--seed", type=int, default=0, help="search seed (candidate k starts from seed + k)")
     p.add_argument("--fit-samples", type=int, default=None,
-                   help="Gaussian-fit samples for stylegan1 (default: the engine's cached 1,000,000 fit)")
+                   help="Gaussian-fit samples (default: stylegan1 the engine's cached 1,000,000 fit, "
+                        "stylegan2/3 100,000 uncached)")
     p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
-                   help=f"folder with deterministic_weights.py (default {DEFAULT_REFERENCE})")
+                   help=f"folder with deterministic_weights.py / _sg23.py (default {DEFAULT_REFERENCE})")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
     p.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)

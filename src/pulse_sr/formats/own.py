@@ -5,7 +5,7 @@ other tensors unchanged) and, in the safetensors metadata field ``pulse_sr``,
 a JSON object::
 
     {"format_version": 1,
-     "backend": "dcgan" | "stylegan1" | "stylegan2",
+     "backend": "dcgan" | "stylegan1" | "stylegan2" | "stylegan3",
      "constructor": {...},          # exact keyword arguments that rebuild the module
      "name": "...",
      "source": {"path": "<basename of the original weights>", "sha256": "<their hash>"},
@@ -33,7 +33,7 @@ from pulse_sr.generators.base import FaceGenerator, state_dict_mismatch
 FORMAT_VERSION = 1
 METADATA_KEY = "pulse_sr"
 SUFFIX = ".safetensors"
-BACKENDS = ("dcgan", "stylegan1", "stylegan2")
+BACKENDS = ("dcgan", "stylegan1", "stylegan2", "stylegan3")
 
 
 # -- constructor arguments, derived from an instance ---------------------------------------
@@ -117,6 +117,7 @@ def generator_constructor(gen: FaceGenerator) -> tuple[str, dict[str, Any]]:
     from pulse_sr.generators.dcgan import DCGANGenerator
     from pulse_sr.generators.stylegan1 import StyleGAN1Generator
     from pulse_sr.generators.stylegan2 import StyleGAN2Generator
+    from pulse_sr.generators.stylegan3 import StyleGAN3Generator
 
     if isinstance(gen, DCGANGenerator):
         return "dcgan", _dcgan_constructor(gen)
@@ -124,6 +125,8 @@ def generator_constructor(gen: FaceGenerator) -> tuple[str, dict[str, Any]]:
         return "stylegan1", _stylegan1_constructor(gen)
     if isinstance(gen, StyleGAN2Generator):
         return "stylegan2", _stylegan2_constructor(gen)
+    if isinstance(gen, StyleGAN3Generator):  # it records its own (JSON-safe) constructor arguments
+        return "stylegan3", json.loads(json.dumps(gen.constructor_kwargs))
     raise WeightsError(f"cannot save a {type(gen).__name__} (backend {getattr(gen, 'backend', '?')!r}): "
                        f"supported backends are {', '.join(BACKENDS)}")
 
@@ -139,6 +142,10 @@ def _build(backend: str, constructor: Mapping[str, Any]) -> FaceGenerator:
             from pulse_sr.generators.stylegan1 import StyleGAN1Generator
 
             return StyleGAN1Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
+        if backend == "stylegan3":
+            from pulse_sr.generators.stylegan3 import StyleGAN3Generator
+
+            return StyleGAN3Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
         from pulse_sr.generators.stylegan2 import StyleGAN2Generator
 
         return StyleGAN2Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
