@@ -240,6 +240,23 @@ def test_metadata(tmp_path: Path, ros_state) -> None:
     assert torch.equal(gen.w_avg, torch.zeros(STYLE_DIM))  # train.py checkpoints have no latent_avg
 
 
+def test_load_generator_and_run_take_a_rosinality_file(tmp_path: Path, ros_state) -> None:
+    """``.pt`` is self-describing: load_generator by path, by --weights with or without a name."""
+    from pulse_sr.errors import WeightsError
+    from pulse_sr.generators.registry import load_generator
+
+    path = _save(tmp_path / "ckpt.pt", _train_checkpoint(ros_state))
+    direct = load_rosinality(path)
+    ws = torch.randn(1, direct.num_ws, STYLE_DIM, generator=torch.Generator().manual_seed(5))
+    expected = direct.synthesis(ws)
+    for gen in (load_generator(path), load_generator(str(path)), load_generator("stylegan2", weights=path),
+                load_generator(weights=path)):
+        assert gen.weights_hash == direct.weights_hash
+        assert torch.equal(gen.synthesis(ws), expected)
+    with pytest.raises(WeightsError, match="holds a stylegan2 generator, not stylegan1"):
+        load_generator("stylegan1", weights=path)
+
+
 def test_convert_weight_layout_with_latent_avg(tmp_path: Path, ros_state) -> None:
     """convert_weight.py writes {"g_ema", "latent_avg"} (no args), here in the legacy torch.save format."""
     latent_avg = torch.randn(STYLE_DIM, generator=torch.Generator().manual_seed(3))

@@ -478,21 +478,32 @@ def test_unknown_name(tmp_path: Path) -> None:
 
 
 # -- what the registry will load -------------------------------------------------------------
-def test_downloaded_stylegan1_pair_loads(server: tuple[ServerState, str], tmp_path: Path, weights_dir: Path) -> None:
-    """The zoo's StyleGAN1 entry, served with PULSE-format stand-in weights, loads as a generator."""
+def test_zoo_name_loads_through_load_generator(server: tuple[ServerState, str], tmp_path: Path,
+                                              weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zoo name is a generator name: refused without consent, downloaded with it, then loaded
+    from the cache (PULSE-format stand-in weights served as the zoo's StyleGAN1 pair)."""
     import torch
 
+    from pulse_sr.errors import WeightsError
     from pulse_sr.generators.registry import load_generator
 
     state, base = server
     for name in ("synthesis.pt", "mapping.pt"):
         state.files[name] = (weights_dir / name).read_bytes()
-    path = dl.ensure_weights("pulse-stylegan1-ffhq-1024", allow_download=True, root=tmp_path, base_url=base,
-                             progress=False, log=None)
-    assert path == tmp_path / "pulse-stylegan1-ffhq-1024"
-    gen = load_generator("stylegan1", weights=path)
+    monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("PULSE_SR_ZOO_BASE_URL", base)
+    monkeypatch.delenv("PULSE_SR_ALLOW_DOWNLOAD", raising=False)
+    with pytest.raises(WeightsError, match="pulse-stylegan1-ffhq-1024 is not downloaded; run `pulse-sr weights download"):
+        load_generator("pulse-stylegan1-ffhq-1024")
+    assert not (tmp_path / "pulse-stylegan1-ffhq-1024" / "synthesis.pt").exists()
+    gen = load_generator("pulse-stylegan1-ffhq-1024", allow_download=True, progress=False)
     ref = load_generator("stylegan1", weights=weights_dir)
-    assert gen.resolution == 1024 and gen.num_ws == 18
+    assert gen.name == "pulse-stylegan1-ffhq-1024" and gen.backend == "stylegan1"
+    assert gen.weights_source.startswith("zoo:pulse-stylegan1-ffhq-1024")
     assert gen.weights_hash == ref.weights_hash
     for (k, a), (k2, b) in zip(gen.state_dict().items(), ref.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
+    requests = len(state.log)
+    again = load_generator("pulse-stylegan1-ffhq-1024")  # cached now: no consent needed, no request
+    assert again.weights_hash == ref.weights_hash
+    assert len(state.log) == requests
