@@ -78,7 +78,7 @@ def test_load_generator_reads_the_pickle(snapshot) -> None:
             assert torch.equal(loaded.synthesis(ws, noise), original.synthesis(ws, noise))
 
 
-def test_stylegan2_needs_weights_and_refuses_stylegan3(tmp_path: Path, snapshot) -> None:
+def test_stylegan2_needs_weights_and_checks_what_the_file_holds(tmp_path: Path, snapshot) -> None:
     with pytest.raises(WeightsError, match="--weights FILE.pkl"):
         pulse_sr.load_generator("stylegan2")
     with pytest.raises(WeightsError, match="holds a stylegan2 generator, not stylegan1"):

@@ -168,7 +168,7 @@ def original_loop_l2(gen, target, fit, seed: int, steps: int) -> list[float]:
     out = []
     for _ in range(steps):
         opt.zero_grad()
-        latent_in = F.leaky_relu(latent * std + mean, 5.0)
+        latent_in = F.leaky_relu(latent * std + mean, 0.2)  # the original's LeakyReLU(0.2)
         gen_im = (gen.synthesis(latent_in, noise) + 1) / 2
         lr = bicubic_downsample(gen_im, gen.resolution // target.shape[-1])
         l2 = (lr - target[None]).pow(2).mean((1, 2, 3))

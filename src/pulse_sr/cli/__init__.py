@@ -27,7 +27,7 @@ from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and te
 from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
 
 #: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
-SUBCOMMANDS = ("run", "convert")
+SUBCOMMANDS = ("run", "align", "convert", "serve", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -183,3 +183,50 @@ def strip_name(msg: str, path: Path) -> str:
     """Messages from io name the file; avoid printing it twice in ``error: <path>: ...``."""
     prefix = f"{path}: "
     return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+# -- what several subcommands build from the same options -------------------------------------
+def mode_from_args(args: argparse.Namespace) -> str:
+    """``--faithful`` / ``--mode`` -> the search mode ("faithful" unless asked otherwise)."""
+    mode = getattr(args, "mode", None)
+    if getattr(args, "faithful", False) and mode not in (None, "faithful"):
+        raise UsageError(f"--faithful contradicts --mode {mode}")
+    return "faithful" if getattr(args, "faithful", False) or mode is None else mode
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """The validated :class:`SearchSettings` of ``run``'s options: every settings field with
+    an option of the same name (options left at ``None`` keep the default), the mode by
+    :func:`mode_from_args`. Impossible settings are a UsageError."""
+    import dataclasses
+
+    from pulse_sr.errors import PulseError
+    from pulse_sr.search.pulse import validate_settings
+    from pulse_sr.search.settings import SearchSettings
+
+    names = {f.name for f in dataclasses.fields(SearchSettings)}
+    values = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if "bad_noise_layers" in values:
+        values["bad_noise_layers"] = tuple(values["bad_noise_layers"])
+    values["mode"] = mode_from_args(args)
+    settings = SearchSettings(**values)
+    try:
+        validate_settings(settings)
+    except (ValueError, PulseError) as e:
+        raise UsageError(f"bad search settings: {e}") from None
+    return settings
+
+
+def generator_from_args(args: argparse.Namespace, device: str) -> Any:
+    """``--generator`` / ``--weights`` (/ ``--download``) -> a loaded generator; problems are a UsageError."""
+    from pulse_sr.api import load_generator
+    from pulse_sr.errors import PulseError
+
+    try:
+        return load_generator(args.generator, weights=args.weights, device=device,
+                              allow_download=bool(getattr(args, "download", False)),
+                              progress=not getattr(args, "quiet", False))
+    except PulseError as e:
+        raise UsageError(one_line(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot load generator {args.generator!r}: {one_line(e)}") from None

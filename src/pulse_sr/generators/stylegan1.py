@@ -247,12 +247,30 @@ class SynthesisNetwork(nn.Module):
         self.blocks = nn.ModuleDict(blocks)
 
     def forward(self, ws: Tensor, noise: Sequence[Tensor] | None = None) -> Tensor:
+        return self.torgb(self.features(ws, noise))
+
+    def features(self, ws: Tensor, noise: Sequence[Tensor] | None = None, *, upto: int | None = None,
+                 tap: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Run the blocks up to side ``upto`` (default: all) -> features ``[N, C, upto, upto]``.
+
+        Only ``ws[:, :2*log2(upto)-2]`` and the matching noise are used. With ``tap``
+        (a side <= ``upto``) also return the features at that side: ``(x_upto, x_tap)``.
+        """
         x: Tensor | None = None
+        tapped: Tensor | None = None
         for b, block in enumerate(self.blocks.values()):
+            side = 4 * 2**b
+            if upto is not None and side > upto:
+                break
             layer_noise = [None, None] if noise is None else [noise[2 * b], noise[2 * b + 1]]
             x = block(x, ws[:, 2 * b:2 * b + 2], layer_noise)
+            if side == tap:
+                tapped = x
         assert x is not None
-        return self.torgb(x)
+        if tap is not None:
+            assert tapped is not None, f"no block of side {tap}"
+            return x, tapped
+        return x
 
 
 # -- the generator -----------------------------------------------------------------------
@@ -299,6 +317,37 @@ class StyleGAN1Generator(FaceGenerator):
         self.check_ws(ws)
         checked = self.check_noise(noise, ws.shape[0])
         return self.synthesis_net(ws, checked)
+
+    # -- intermediate resolutions (coarse-to-fine search) ------------------------------------
+    def feature_sides(self) -> list[int]:
+        """Sides of the blocks' outputs: 4, 8, ..., resolution."""
+        return [4 * 2**b for b in range(len(self.synthesis_net.blocks))]
+
+    def feature_channels(self, side: int) -> int:
+        """Channels of the block output at ``side``."""
+        block = self.synthesis_net.blocks[f"{side}x{side}"]
+        return int(block.epi2.noise.weight.shape[0])
+
+    def synthesis_features(self, ws: Tensor, noise: Sequence[Tensor] | None, side: int) -> Tensor:
+        """Synthesis truncated after the block of ``side``: ``[N, C, side, side]`` (before any toRGB).
+
+        ``ws [N, num_ws, w_dim]``; layers above ``side`` are not run (their ws and noise are ignored).
+        """
+        self.check_ws(ws)
+        if side not in self.feature_sides():
+            raise ValueError(f"{self.backend}: no block of side {side}; sides: {self.feature_sides()}")
+        checked = self.check_noise(noise, ws.shape[0])
+        out = self.synthesis_net.features(ws, checked, upto=side)
+        assert isinstance(out, Tensor)
+        return out
+
+    def synthesis_with_features(self, ws: Tensor, noise: Sequence[Tensor] | None,
+                                side: int) -> tuple[Tensor, Tensor]:
+        """The full image ``[N, 3, R, R]`` and the features at ``side`` from the same pass."""
+        self.check_ws(ws)
+        checked = self.check_noise(noise, ws.shape[0])
+        x, tapped = self.synthesis_net.features(ws, checked, tap=side)  # type: ignore[misc]
+        return self.synthesis_net.torgb(x), tapped
 
 
 # -- loading PULSE's weight files --------------------------------------------------------

@@ -46,10 +46,34 @@ def noise_plan(generator: FaceGenerator, settings: SearchSettings) -> list[str]:
     return plan
 
 
+def w_avg_latent(generator: FaceGenerator, gaussian_fit: tuple[Tensor, Tensor] | None) -> Tensor:
+    """The search latent ``[w_dim]`` that the search maps to the mapping's tracked ``w_avg``.
+
+    The search maps ``u -> leaky_relu(u * std + mean, 0.2)``, so ``u = (leaky_relu(w_avg, 5) - mean) / std``.
+    Raises ValueError when the generator tracks no ``w_avg`` (e.g. PULSE's StyleGAN1).
+    """
+    w_avg = getattr(generator, "w_avg", None)
+    if not isinstance(w_avg, Tensor) or w_avg.shape != (generator.w_dim,):
+        raise ValueError(
+            f"start='w_avg' needs a mapping network with a tracked w_avg; the {generator.backend} "
+            f"generator{' ' + repr(generator.name) if generator.name else ''} has none (use start='gaussian')"
+        )
+    w_avg = w_avg.detach().float().cpu()
+    if gaussian_fit is None:
+        return w_avg
+    mean, std = (t.detach().float().cpu() for t in gaussian_fit)
+    return (torch.nn.functional.leaky_relu(w_avg, 5.0) - mean) / std
+
+
 def initial_state(
-    generator: FaceGenerator, settings: SearchSettings, *, n: int, seed: int, device: torch.device
+    generator: FaceGenerator, settings: SearchSettings, *, n: int, seed: int, device: torch.device,
+    gaussian_fit: tuple[Tensor, Tensor] | None = None,
 ) -> StartState:
-    """Draw the start of ``n`` candidates; candidate k uses seed + k."""
+    """Draw the start of ``n`` candidates; candidate k uses seed + k.
+
+    With ``settings.start == "w_avg"`` every latent row starts at :func:`w_avg_latent`
+    (the draw of the latent is still made, so the noise maps are those of the Gaussian start).
+    """
     layers = 1 if settings.tile_latent else generator.num_ws
     plan = noise_plan(generator, settings)
     latents: list[Tensor] = []
@@ -63,7 +87,9 @@ def initial_state(
             else:
                 noises[i].append(torch.randn((1, *shape), generator=rng))
     latent = torch.cat(latents)
-    if not generator.has_mapping:
+    if settings.start == "w_avg":
+        latent = w_avg_latent(generator, gaussian_fit).expand_as(latent).clone()
+    elif not generator.has_mapping:
         latent = latent * (generator.w_dim**0.5 / latent.norm(dim=-1, keepdim=True))
     return StartState(
         latent=latent.to(device),

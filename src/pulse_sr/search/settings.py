@@ -11,6 +11,12 @@ if TYPE_CHECKING:  # torch stays out of import time, so the CLI's --help is fast
 OPTIMIZERS = ("adam", "sgd", "sgdm", "adamax")
 SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
 NOISE_TYPES = ("trainable", "fixed", "zero")
+#: ``faithful``: the original loop, every step through the full network. ``fast``: coarse-to-fine
+#: (most steps through a synthesis truncated at ``coarse_side`` plus a fitted linear head, the
+#: true network checked every ``refresh_every`` steps and run for the last steps) and lean memory.
+MODES = ("faithful", "fast")
+#: where latents start: PULSE's draw mapped through the Gaussian fit, or the mapping's ``w_avg``
+STARTS = ("gaussian", "w_avg")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,24 @@ class SearchSettings:
     tile_latent: bool = False
     #: keep optimising a candidate after it is within eps (the original always ran all steps)
     run_all_steps: bool = False
+    #: "faithful" (default, the original loop) or "fast" (see MODES)
+    mode: str = "faithful"
+    #: "gaussian" (PULSE) or "w_avg" (projector-style: every candidate starts at the tracked w_avg)
+    start: str = "gaussian"
+    #: fast mode: side of the truncated synthesis (0 = auto: twice the input side, at least 32)
+    coarse_side: int = 0
+    #: fast mode: steps through the truncated synthesis before the full network takes over
+    #: (-1 = auto: 80 % of ``steps``)
+    coarse_steps: int = -1
+    #: fast mode: a true full-resolution evaluation (eps check, head correction) every this many steps
+    refresh_every: int = 5
+    #: keep freed memory in the process instead of returning it to the OS (same numbers, fewer
+    #: page faults; process-wide, see search/lean.py). Always on in fast mode.
+    lean_memory: bool = False
+    #: candidates per forward+backward of a full step (0 = auto: one at a time from 512 px on,
+    #: else all at once). The same gradients, and the peak memory of ``max_batch`` candidates
+    #: instead of ``n``.
+    max_batch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,6 +122,8 @@ class SearchResult:
     l2_history: Tensor
     eps: float
     settings: SearchSettings = field(default_factory=SearchSettings)
+    #: per candidate, how many of its steps ran the full network (== steps in faithful mode)
+    full_steps: Tensor | None = None
 
     @property
     def n(self) -> int:
