@@ -279,8 +279,14 @@ def test_unexpected_error_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
     monkeypatch.setattr(engine, "pulse_search", boom)
     write_rgb(tmp_path / "f.png")
-    code, _, err = run(["run", tmp_path / "f.png", "-o", tmp_path / "out", *FAST], capsys)
-    assert code == 1 and err.count("\n") == 1 and "kaboom" in err and "PULSE_SR_DEBUG=1" in err
+    write_rgb(tmp_path / "g.png", seed=1)
+    code, stdout, err = run(["run", tmp_path / "f.png", tmp_path / "g.png", "-o", tmp_path / "out", *FAST], capsys)
+    # one line per input where it happens, then the summary's list; no traceback; the next input still runs
+    hint = "unexpected RuntimeError: kaboom (run with PULSE_SR_DEBUG=1 for a traceback)"
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [f"error: {tmp_path / 'f.png'}: {hint}", f"error: {tmp_path / 'g.png'}: {hint}",
+                                f"  failed: {tmp_path / 'f.png'}: {hint}", f"  failed: {tmp_path / 'g.png'}: {hint}"]
+    assert "summary: 0 done, 0 skipped, 2 failed" in stdout
     assert list((tmp_path / "out").iterdir()) == []
 
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
@@ -330,3 +336,20 @@ def test_stylegan1_weights_folder_end_to_end(tmp_path: Path, weights_dir: Path,
     from pulse_sr.degradations.bicubic import bicubic_downsample
 
     assert torch.allclose(bicubic_downsample(hr, 32)[0].clamp(0, 1), read(out / "face" / "lr_00.png"), atol=2 / 255)
+
+
+def test_zoo_generator_not_downloaded_needs_consent(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zoo name that is not in the weights cache: one line saying how to get it, exit 2, nothing
+    fetched and nothing written (stdin is not a terminal here, so nobody is asked)."""
+    monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("PULSE_SR_ZOO_BASE_URL", "http://127.0.0.1:9/")  # would be refused if tried
+    monkeypatch.delenv("PULSE_SR_ALLOW_DOWNLOAD", raising=False)
+    write_rgb(tmp_path / "face.png", 32, 32)
+    code, _, err = run(["run", tmp_path / "face.png", "-o", tmp_path / "out", "--generator",
+                        "stylegan2-ffhq-1024", "--quiet"], capsys)
+    assert code == 2
+    assert err.strip() == ("error: stylegan2-ffhq-1024 is not downloaded; run `pulse-sr weights download "
+                           "stylegan2-ffhq-1024` or pass --download (or set PULSE_SR_ALLOW_DOWNLOAD=1)")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in (tmp_path / "weights").rglob("*") if p.is_file()]

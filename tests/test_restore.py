@@ -169,6 +169,23 @@ def test_restore_planted_tiny_face(tmp_path: Path, capsys: pytest.CaptureFixture
     assert l2 <= eps + 1e-4  # + the 8-bit rounding of restored.png
 
 
+def test_run_align_is_restore(tmp_path: Path, astro: np.ndarray, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pulse-sr run PHOTO --align`` writes exactly what ``pulse-sr restore PHOTO`` writes."""
+    Image.fromarray(astro[::2, ::2].copy()).save(tmp_path / "astro.png")
+    args = [*FAST, "--size", "8", "--feather", "0.2"]
+    code_r, _, err_r = run(["restore", tmp_path / "astro.png", "-o", tmp_path / "r", *args], capsys)
+    code_a, _, err_a = run(["run", tmp_path / "astro.png", "-o", tmp_path / "a", "--align", *args], capsys)
+    assert code_r in (0, 3) and code_a == code_r, (err_r, err_a)
+    names = sorted(p.relative_to(tmp_path / "r") for p in (tmp_path / "r").rglob("*.png"))
+    assert names == sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert Path("astro/restored.png") in names and Path("astro/face_00/hr_01.png") in names
+    for name in names:
+        assert torch.equal(read(tmp_path / "r" / name), read(tmp_path / "a" / name)), name
+    rep_r = json.loads((tmp_path / "r" / "astro" / "report.json").read_text())
+    rep_a = json.loads((tmp_path / "a" / "astro" / "report.json").read_text())
+    assert rep_a["faces"][0]["matrix"] == rep_r["faces"][0]["matrix"]
+
+
 def test_restore_folder_mixed_then_resume(tmp_path: Path, astro: np.ndarray,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     src, out = tmp_path / "in", tmp_path / "out"

@@ -17,16 +17,13 @@ Heavy modules (torch, dlib, the engine) are imported inside the functions.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from pulse_sr.cli.common import (
-    DEBUG_ENV, EXIT_FAILED, EXIT_NOT_CONVERGED, EXIT_OK, NOTICE, Job, UsageError, announce_gaussian_fit,
-    collect_inputs, err, generator_from_args, int_at_least, json_safe, one_line, out, resolve_device,
-    settings_from_args, strip_name, version,
+from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of this module's API
+    NOTICE, Job, UsageError, already_done, announce_gaussian_fit, err, generator_from_args, int_at_least,
+    json_safe, out, prepare_jobs, resolve_device, run_jobs, settings_from_args, strip_name, version,
 )
 
 #: images smaller than this (longer side) are taken as aligned faces without detection
@@ -236,64 +233,6 @@ def _small_face_note(face: Any, size: int) -> None:
                           f"the {size}x{size} input: the input is an upsampled blur of it")
 
 
-def _prepare_jobs(args: argparse.Namespace, outdir: Path, key: Any) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Inputs, folder problems and stem clashes (a clash fails the later input)."""
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"-o {outdir}: exists and is not a folder")
-    jobs, problems = collect_inputs(args.inputs)
-    failures = list(problems)
-    for where, problem in problems:
-        err(f"error: {where}: {problem}")
-    seen: dict[str, Path] = {}
-    for job in jobs:
-        k = job.path.stem.casefold()
-        if k in seen:
-            job.status, job.error = "failed", (f"same output name {job.path.stem!r} as {seen[k]} (both would "
-                                               f"write {key(job.path)}); rename one")
-            err(f"error: {job.path}: {job.error}")
-            failures.append((str(job.path), job.error))
-        else:
-            seen[k] = job.path
-    return jobs, failures
-
-
-def _run_jobs(jobs: list[Job], failures: list[tuple[str, str]], one: Any) -> int:
-    """Run ``one(job)`` for every pending job; any error fails that input only. Prints
-    the summary and returns the exit code."""
-    from pulse_sr.errors import PulseError
-
-    for job in jobs:
-        if job.status != "pending":
-            continue
-        try:
-            one(job)
-        except (PulseError, OSError) as e:
-            job.status, job.error = "failed", strip_name(one_line(e), job.path)
-        except Exception as e:  # noqa: BLE001 - one bad photo must not stop a folder
-            if os.environ.get(DEBUG_ENV):
-                traceback.print_exc()
-            job.status, job.error = "failed", f"unexpected {type(e).__name__}: {one_line(e)}"
-        if job.status == "failed":
-            err(f"error: {job.path}: {job.error}")
-            failures.append((str(job.path), job.error or "failed"))
-    done = [j for j in jobs if j.status == "done"]
-    skipped = [j for j in jobs if j.status == "skipped"]
-    not_conv = [j for j in done if not j.converged]
-    line = f"summary: {len(done)} done, {len(skipped)} skipped, {len(failures)} failed"
-    if not_conv:
-        line += f" ({len(not_conv)} done with a face without a candidate within eps)"
-    out(line)
-    for j in done:
-        out(f"  done: {j.path}" + ("" if j.converged else " (a face without a candidate within eps)"))
-    for j in skipped:
-        out(f"  skipped: {j.path} (already done)")
-    for where, problem in failures:
-        err(f"  failed: {where}: {problem}")
-    if failures:
-        return EXIT_FAILED
-    return EXIT_NOT_CONVERGED if not_conv else EXIT_OK
-
-
 def _load_photo(path: Path, args: argparse.Namespace) -> Any:
     from pulse_sr.errors import PulseError
     from pulse_sr.io.images import load_rgb8
@@ -314,12 +253,12 @@ def cmd_align(args: argparse.Namespace) -> int:
     framing = framing_for(generator.name)
     size = _resolve_size(args, resolution)
     outdir = Path(args.outdir)
-    jobs, failures = _prepare_jobs(args, outdir, lambda p: outdir / f"{p.stem}.json")
+    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / f"{p.stem}.json")
 
     def one(job: Job) -> None:
         _align_one(job, args, generator, framing, size, outdir)
 
-    return _run_jobs(jobs, failures, one)
+    return run_jobs(jobs, failures, one)
 
 
 def _align_one(job: Job, args: argparse.Namespace, generator: Any, framing: Any, size: int,
@@ -415,18 +354,17 @@ def restore_main(args: argparse.Namespace) -> int:
     announce_gaussian_fit(generator, quiet=args.quiet)
     framing = framing_for(generator.name)
     outdir = Path(args.outdir)
-    jobs, failures = _prepare_jobs(args, outdir, lambda p: outdir / p.stem)
+    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)
 
     def one(job: Job) -> None:
         _restore_one(job, args, generator, settings, device, framing, size, outdir)
 
-    return _run_jobs(jobs, failures, one)
+    return run_jobs(jobs, failures, one, not_converged="with a face without a candidate within eps")
 
 
 def _restore_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any, device: str,
                  framing: Any, size: int, outdir: Path) -> None:
     from pulse_sr.cli.run import search_with_progress, write_result_files
-    from pulse_sr.errors import PulseError
     from pulse_sr.io.files import atomic_write_json, staged_dir
     from pulse_sr.io.images import save_png
     from pulse_sr.io.paste import output_scale, paste_faces, side_by_side
@@ -434,12 +372,8 @@ def _restore_one(job: Job, args: argparse.Namespace, generator: Any, settings: A
 
     path = job.path
     final = outdir / path.stem
-    if (final / "report.json").exists() and not args.overwrite:
-        job.status = "skipped"
-        out(f"{path}: skipped (exists; use --overwrite)")
+    if already_done(job, final, overwrite=args.overwrite):
         return
-    if (final.exists() or final.is_symlink()) and not args.overwrite:
-        raise PulseError(f"{final} exists but holds no report.json; use --overwrite to replace it")
 
     started = time.perf_counter()
     photo = _load_photo(path, args)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -230,3 +232,79 @@ def generator_from_args(args: argparse.Namespace, device: str) -> Any:
         raise UsageError(one_line(e)) from None
     except OSError as e:
         raise UsageError(f"cannot load generator {args.generator!r}: {one_line(e)}") from None
+
+
+# -- folder runs: every input to the end, a summary, resume ---------------------------------
+def prepare_jobs(args: argparse.Namespace, outdir: Path, key: Any) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Inputs, folder problems and stem clashes (a clash fails the later input)."""
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"-o {outdir}: exists and is not a folder")
+    jobs, problems = collect_inputs(args.inputs)
+    failures = list(problems)
+    for where, problem in problems:
+        err(f"error: {where}: {problem}")
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        k = job.path.stem.casefold()
+        if k in seen:
+            job.status, job.error = "failed", (f"same output name {job.path.stem!r} as {seen[k]} (both would "
+                                               f"write {key(job.path)}); rename one")
+            err(f"error: {job.path}: {job.error}")
+            failures.append((str(job.path), job.error))
+        else:
+            seen[k] = job.path
+    return jobs, failures
+
+
+def run_jobs(jobs: list[Job], failures: list[tuple[str, str]], one: Any,
+             not_converged: str = "without a candidate within eps") -> int:
+    """Run ``one(job)`` for every pending job; any error fails that input only (a folder runs
+    to the end). Prints the summary (done, skipped, failed with reasons) and returns the exit
+    code: 0, 1 some input failed, 3 some input done ``not_converged``."""
+    from pulse_sr.errors import PulseError
+
+    for job in jobs:
+        if job.status != "pending":
+            continue
+        try:
+            one(job)
+        except (PulseError, OSError) as e:
+            job.status, job.error = "failed", strip_name(one_line(e), job.path)
+        except Exception as e:  # noqa: BLE001 - one bad photo must not stop a folder
+            if os.environ.get(DEBUG_ENV):
+                traceback.print_exc()
+            job.status, job.error = "failed", f"unexpected {type(e).__name__}: {one_line(e)}" + (
+                "" if os.environ.get(DEBUG_ENV) else f" (run with {DEBUG_ENV}=1 for a traceback)")
+        if job.status == "failed":
+            err(f"error: {job.path}: {job.error}")
+            failures.append((str(job.path), job.error or "failed"))
+    done = [j for j in jobs if j.status == "done"]
+    skipped = [j for j in jobs if j.status == "skipped"]
+    not_conv = [j for j in done if not j.converged]
+    line = f"summary: {len(done)} done, {len(skipped)} skipped, {len(failures)} failed"
+    if not_conv:
+        line += f" ({len(not_conv)} done {not_converged})"
+    out(line)
+    for j in done:
+        out(f"  done: {j.path}" + ("" if j.converged else f" ({not_converged})"))
+    for j in skipped:
+        out(f"  skipped: {j.path} (already done)")
+    for where, problem in failures:
+        err(f"  failed: {where}: {problem}")
+    if failures:
+        return EXIT_FAILED
+    return EXIT_NOT_CONVERGED if not_conv else EXIT_OK
+
+
+def already_done(job: Job, final: Path, *, overwrite: bool) -> bool:
+    """Resume rule: ``final/report.json`` (written last) marks a finished input, which is skipped
+    unless ``overwrite``; a folder without it is not ours to replace silently."""
+    from pulse_sr.errors import PulseError
+
+    if (final / "report.json").exists() and not overwrite:
+        job.status = "skipped"
+        out(f"{job.path}: skipped (exists; use --overwrite)")
+        return True
+    if (final.exists() or final.is_symlink()) and not overwrite:
+        raise PulseError(f"{final} exists but holds no report.json; use --overwrite to replace it")
+    return False

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pulse_sr.cli.common import (
-    EXIT_FAILED, EXIT_NOT_CONVERGED, EXIT_OK, NOTICE, Job, UsageError, announce_gaussian_fit,
-    collect_inputs, err, generator_from_args, int_at_least, json_safe, layer_list, one_line, out,
-    positive_float, resolve_device, settings_from_args, strip_name, version,
+    NOTICE, Job, UsageError, already_done, announce_gaussian_fit, err, generator_from_args, int_at_least,
+    json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, run_jobs, settings_from_args,
+    strip_name, version,
 )
 from pulse_sr.search.settings import MODES, NOISE_TYPES, OPTIMIZERS, SCHEDULES, STARTS  # torch-free module
 
@@ -57,7 +57,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--faithful", action="store_true", help="the original PULSE loop (same as --mode faithful)")
     s.add_argument("--lean-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="keep freed memory in the process: same results, far fewer page faults (a 1024 "
-                        "step 2.4x faster), more resident memory (default on; always on with --mode fast)")
+                        "step 2.3x faster), more resident memory (default on; always on with --mode fast)")
     s.add_argument("--max-batch", type=int_at_least(0), default=0,
                    help="candidates per forward+backward (default 0: one at a time from 512 px on, else "
                         "all at once); 1 caps memory at one candidate's with the same gradients")
@@ -89,8 +89,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pulse_sr.cli.align import restore_main
 
         return restore_main(args)
-    from pulse_sr.errors import PulseError
-
     settings = settings_from_args(args)
     device = resolve_device(args.device)
     generator = generator_from_args(args, device)
@@ -98,47 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce_gaussian_fit(generator, quiet=args.quiet)
 
     outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"-o {outdir}: exists and is not a folder")
-    jobs, folder_problems = collect_inputs(args.inputs)
-    failures: list[tuple[str, str]] = []
-    for where, problem in folder_problems:
-        err(f"error: {where}: {problem}")
-        failures.append((where, problem))
-
-    seen: dict[str, Path] = {}
-    for job in jobs:
-        key = job.path.stem.casefold()
-        if key in seen:
-            job.status, job.error = "failed", (
-                f"same output name {job.path.stem!r} as {seen[key]} (both would write "
-                f"{outdir / job.path.stem}); rename one"
-            )
-            err(f"error: {job.path}: {job.error}")
-            failures.append((str(job.path), job.error))
-            continue
-        seen[key] = job.path
-        try:
-            _run_one(job, args, generator, settings, device, outdir)
-        except (PulseError, OSError) as e:
-            job.status, job.error = "failed", one_line(e)
-            err(f"error: {job.path}: {job.error}")
-            failures.append((str(job.path), job.error))
-
-    done = [j for j in jobs if j.status == "done"]
-    skipped = [j for j in jobs if j.status == "skipped"]
-    not_conv = [j for j in done if not j.converged]
-    line = f"summary: {len(done)} done, {len(skipped)} skipped, {len(failures)} failed"
-    if not_conv:
-        line += f" ({len(not_conv)} done without a candidate within eps)"
-    out(line)
-    for where, problem in failures:
-        err(f"  failed: {where}: {problem}")
-    if failures:
-        return EXIT_FAILED
-    if not_conv:
-        return EXIT_NOT_CONVERGED
-    return EXIT_OK
+    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)
+    return run_jobs(jobs, failures, lambda job: _run_one(job, args, generator, settings, device, outdir))
 
 
 def check_start(settings: Any, generator: Any) -> None:
@@ -161,12 +120,8 @@ def _run_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any,
 
     path = job.path
     final = outdir / path.stem
-    if (final / "report.json").exists() and not args.overwrite:
-        job.status = "skipped"
-        out(f"{path}: skipped (exists; use --overwrite)")
+    if already_done(job, final, overwrite=args.overwrite):
         return
-    if (final.exists() or final.is_symlink()) and not args.overwrite:
-        raise PulseError(f"{final} exists but holds no report.json; use --overwrite to replace it")
 
     started = time.perf_counter()
     try:

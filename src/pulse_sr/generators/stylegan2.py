@@ -293,7 +293,37 @@ class SynthesisNetwork(nn.Module):
 
 
 # -- the generator -----------------------------------------------------------------------
-class StyleGAN2Generator(FaceGenerator):
+class NvidiaSubnetworks(FaceGenerator):
+    """``synthesis`` and ``mapping`` ARE the sub-networks, registered under NVIDIA's names (as in
+    NVIDIA's code, so state dicts keep their keys); shared by the StyleGAN2 and StyleGAN3 ports."""
+
+    @property
+    def synthesis(self) -> nn.Module:  # type: ignore[override]
+        """The synthesis network; call it as ``synthesis(ws, noise=None)``."""
+        return self._modules["synthesis"]  # type: ignore[return-value]
+
+    @property
+    def mapping(self) -> nn.Module:  # type: ignore[override]
+        """The mapping network; call it as ``mapping(z, truncation_psi=1.0)``."""
+        return self._modules["mapping"]  # type: ignore[return-value]
+
+    @property
+    def synthesis_net(self) -> Any:
+        """Alias of :attr:`synthesis` (same name as in the StyleGAN1 backend)."""
+        return self._modules["synthesis"]
+
+    @property
+    def mapping_net(self) -> Any:
+        """Alias of :attr:`mapping`."""
+        return self._modules["mapping"]
+
+    @property
+    def w_avg(self) -> Tensor:
+        """``[w_dim]``: the tracked mean of ``w`` (truncation centre; zeros in an untrained network)."""
+        return self.mapping_net.w_avg
+
+
+class StyleGAN2Generator(NvidiaSubnetworks):
     """NVIDIA's StyleGAN2 ``Generator`` (``c_dim = 0``, ``skip``): ``z [N, z_dim] -> w``; ``ws [N, num_ws, w_dim] -> [N, C, R, R]``.
 
     Constructor arguments mirror NVIDIA's (``synthesis_kwargs`` flattened).
@@ -337,32 +367,6 @@ class StyleGAN2Generator(FaceGenerator):
         self.has_mapping = True
         self.set_fused_modconv(fused_modconv)
         self.reset_parameters(init_generator)
-
-    # -- the interface: ``synthesis`` and ``mapping`` ARE the sub-networks (as in NVIDIA's code) --
-    @property
-    def synthesis(self) -> SynthesisNetwork:  # type: ignore[override]
-        """The synthesis network; call it as ``synthesis(ws, noise)`` (see :class:`SynthesisNetwork`)."""
-        return self._modules["synthesis"]  # type: ignore[return-value]
-
-    @property
-    def mapping(self) -> MappingNetwork:  # type: ignore[override]
-        """The mapping network; call it as ``mapping(z, truncation_psi=1.0)`` (see :class:`MappingNetwork`)."""
-        return self._modules["mapping"]  # type: ignore[return-value]
-
-    @property
-    def synthesis_net(self) -> SynthesisNetwork:
-        """Alias of :attr:`synthesis` (same name as in the StyleGAN1 backend)."""
-        return self._modules["synthesis"]  # type: ignore[return-value]
-
-    @property
-    def mapping_net(self) -> MappingNetwork:
-        """Alias of :attr:`mapping`."""
-        return self._modules["mapping"]  # type: ignore[return-value]
-
-    @property
-    def w_avg(self) -> Tensor:
-        """``[w_dim]``: the tracked mean of ``w`` (truncation centre; zeros in an untrained network)."""
-        return self.mapping_net.w_avg
 
     def set_fused_modconv(self, fused: bool) -> None:
         """Choose the grouped-conv (``True``) or scale-activations (``False``) modulated conv everywhere."""

@@ -35,8 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
-from pulse_sr.generators.base import FaceGenerator
-from pulse_sr.generators.stylegan2 import FullyConnectedLayer, MappingNetwork as _SG2Mapping, check_state_dict
+from pulse_sr.generators.stylegan2 import (
+    FullyConnectedLayer, MappingNetwork as _SG2Mapping, NvidiaSubnetworks, check_state_dict,
+)
 from pulse_sr.generators.stylegan3_ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
 
 
@@ -286,7 +287,7 @@ class SynthesisNetwork(nn.Module):
 
 
 # -- the generator -----------------------------------------------------------------------
-class StyleGAN3Generator(FaceGenerator):
+class StyleGAN3Generator(NvidiaSubnetworks):
     """NVIDIA's StyleGAN3 ``Generator`` (``c_dim = 0``): ``z [N, z_dim] -> w``; ``ws [N, num_ws, w_dim] -> [N, C, R, R]``.
 
     Constructor arguments mirror NVIDIA's (synthesis and layer arguments flat).
@@ -338,30 +339,6 @@ class StyleGAN3Generator(FaceGenerator):
         self.noise_shapes = []
         self.has_mapping = True
         self.reset_parameters(init_generator)
-
-    # -- the interface: ``synthesis`` and ``mapping`` ARE the sub-networks (as in NVIDIA's code) --
-    @property
-    def synthesis(self) -> SynthesisNetwork:  # type: ignore[override]
-        """The synthesis network; call it as ``synthesis(ws, noise=None)``."""
-        return self._modules["synthesis"]  # type: ignore[return-value]
-
-    @property
-    def mapping(self) -> MappingNetwork:  # type: ignore[override]
-        """The mapping network; call it as ``mapping(z, truncation_psi=1.0)``."""
-        return self._modules["mapping"]  # type: ignore[return-value]
-
-    @property
-    def synthesis_net(self) -> SynthesisNetwork:
-        return self._modules["synthesis"]  # type: ignore[return-value]
-
-    @property
-    def mapping_net(self) -> MappingNetwork:
-        return self._modules["mapping"]  # type: ignore[return-value]
-
-    @property
-    def w_avg(self) -> Tensor:
-        """``[w_dim]``: the tracked mean of ``w`` (NVIDIA's ``mapping.w_avg``)."""
-        return self.mapping_net.w_avg
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """NVIDIA's init (conv/affine/FC weights ``randn``, mapping ``/ lr_multiplier``, affine biases 1,
