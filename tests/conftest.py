@@ -88,3 +88,29 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("PULSE_SR_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The 32x32 random-init test generator (never modified by the search)."""
+    from pulse_sr.generators.tiny import make_tiny_generator
+
+    return make_tiny_generator()
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(tiny):
+    """A small (20,000-sample) Gaussian fit of ``tiny``."""
+    from pulse_sr.search.gaussian_fit import fit_gaussian
+
+    return fit_gaussian(tiny, samples=20_000)
+
+
+def planted(gen, seed: int, factor: int) -> torch.Tensor:
+    """LR target made by downscaling a generator sample with a known latent: [3, h, w] in [0, 1]."""
+    from pulse_sr.degradations.bicubic import bicubic_downsample
+
+    z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        x = ((gen(z) + 1) / 2).clamp(0, 1)
+    return bicubic_downsample(x, factor)[0]

@@ -11,30 +11,13 @@ import torch
 
 from pulse_sr.degradations.bicubic import bicubic_downsample
 from pulse_sr.generators.stylegan2 import StyleGAN2Generator
-from pulse_sr.generators.tiny import make_tiny_generator
 from pulse_sr.search.coarse import choose_side, coarse_step_count
 from pulse_sr.search.gaussian_fit import fit_gaussian
 from pulse_sr.search.heads import _sample_ws, cached_head, fit_head, head_cache_path, _fit_tag
 from pulse_sr.search.losses import l2_per_image
 from pulse_sr.search.pulse import pulse_search
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_tiny_generator()
-
-
-@pytest.fixture(scope="module")
-def tiny_fit(tiny):
-    return fit_gaussian(tiny, samples=20_000)
-
-
-def planted(gen, seed: int, factor: int) -> torch.Tensor:
-    """LR target made by downscaling a generator sample with a known latent: [3, h, w] in [0, 1]."""
-    z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
-    with torch.no_grad():
-        x = ((gen(z) + 1) / 2).clamp(0, 1)
-    return bicubic_downsample(x, factor)[0]
+from conftest import planted  # noqa: E402 - shared test helper
 
 
 # -- truncated synthesis: same numbers and gradients as the full eager network ----------------------

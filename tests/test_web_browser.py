@@ -8,42 +8,19 @@ import contextlib
 import io
 import json
 import shutil
-import socket
-import threading
-import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pulse_sr.web.app import STATIC_DIR, create_app
+from pulse_sr.web.app import STATIC_DIR
 from pulse_sr.web.jobs import WebSettings
+
+from test_web_api import live_server  # noqa: E402 - the same uvicorn-in-a-thread helper
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 NOTES_COPY = Path("/work/notes/web_results.png")
-
-
-@contextlib.contextmanager
-def live_server(settings: WebSettings) -> Iterator[str]:
-    """The app served by uvicorn on a free port in a thread; yields its base URL."""
-    import uvicorn
-
-    app = create_app(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_upload_watch_results_and_zip(tmp_path: Path) -> None:
@@ -52,7 +29,7 @@ def test_upload_watch_results_and_zip(tmp_path: Path) -> None:
     assert Path(CHROMIUM).is_file(), "Debian chromium is missing (apt-get install chromium)"
     example = STATIC_DIR / "example_face16.png"
     errors: list[str] = []
-    with live_server(WebSettings(preview_every=1)) as url, sync_playwright() as p:
+    with live_server(WebSettings(preview_every=1)) as (url, _app), sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
             viewport={"width": 1200, "height": 900}, accept_downloads=True,
