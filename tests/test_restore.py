@@ -260,14 +260,15 @@ def test_restore_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_restore_takes_every_run_option() -> None:
-    """restore's parser is run's plus the face and paste-back options; the search settings
-    come from the same names."""
+    """restore's parser is run's (except run's own --align) plus the face and paste-back options;
+    the search settings come from the same names."""
     from pulse_sr.cli.align import settings_from_args
 
     parser = cli.build_parser()
     run_flags = {a.dest for a in parser._subparsers._group_actions[0].choices["run"]._actions}
     restore = parser._subparsers._group_actions[0].choices["restore"]
-    assert run_flags <= {a.dest for a in restore._actions}
+    assert run_flags - {"align"} <= {a.dest for a in restore._actions}
+    assert "align" not in {a.dest for a in restore._actions}
     args = parser.parse_args(["restore", "x.png", "-o", "o", "--steps", "7", "--eps", "0.01",
                               "--bad-noise-layers", "1,2", "--tile-latent", "--pick", "1", "--max-faces", "3"])
     s = settings_from_args(args)

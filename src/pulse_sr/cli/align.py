@@ -42,15 +42,8 @@ def add_parser(sub: Any) -> None:
     _add_restore_parser(sub)
 
 
-def _has_option(p: Any, flag: str) -> bool:
-    return flag in getattr(p, "_option_string_actions", {})
-
-
 def add_face_options(p: Any) -> None:
-    """Options that choose and align faces (``align``, ``restore``, ``run --align``);
-    does nothing when ``p`` has them already."""
-    if _has_option(p, "--max-faces"):
-        return
+    """Options that choose and align faces (``align``, ``restore``, ``run --align``)."""
     g = p.add_argument_group("faces")
     g.add_argument("--size", type=int_at_least(4), default=None,
                    help=f"side of each low-resolution face (default {DEFAULT_SIZE}, or the nearest "
@@ -73,10 +66,7 @@ def add_face_options(p: Any) -> None:
 
 
 def add_paste_options(p: Any) -> None:
-    """Options for pasting faces back (``restore``, ``run --align``); does nothing when
-    ``p`` has them already."""
-    if _has_option(p, "--pick"):
-        return
+    """Options for pasting faces back (``restore``, ``run --align``)."""
     g = p.add_argument_group("paste back")
     g.add_argument("--pick", type=int_at_least(0), default=None,
                    help="paste candidate K of each face (default: the one with the lowest L2)")
@@ -111,16 +101,6 @@ def _add_align_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_align)
 
 
-class _OneParser:
-    """Stands in for the subparsers object so ``run``'s options are added to our parser."""
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return self.parser
-
-
 def _add_restore_parser(sub: Any) -> None:
     from pulse_sr.cli import run as run_cli
 
@@ -132,7 +112,7 @@ def _add_restore_parser(sub: Any) -> None:
         "through the inverse of its alignment, with a feathered edge. Writes OUTDIR/<stem>/ with "
         "restored.png, comparison.png, face_KK/ (the search results) and report.json.",
     )
-    run_cli.add_parser(_OneParser(p))  # every option of `run`, same names and defaults
+    run_cli.add_run_options(p)  # every option of `run`, same names and defaults
     for action in p._actions:  # photos are larger than the tiny faces `run` expects
         if action.dest == "max_pixels":
             action.help = "refuse larger photos (default 8192*8192)"

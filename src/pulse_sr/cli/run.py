@@ -23,6 +23,18 @@ def add_parser(sub: Any) -> None:
         ".tif/.tiff files), search N faces whose bicubic downscale matches it within EPS and "
         "write them to OUTDIR/<stem>/ with their downscales (lr_XX.png) and report.json.",
     )
+    add_run_options(p)
+    p.add_argument("--align", action="store_true",
+                   help="inputs are photos: align every face, search it and paste it back (= pulse-sr restore)")
+    from pulse_sr.cli.align import add_face_options, add_paste_options
+
+    add_face_options(p)
+    add_paste_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def add_run_options(p: Any) -> None:
+    """Inputs, output, generator, search and I/O options of ``run`` (``restore`` takes them all)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR")
     g = p.add_argument_group("generator")
@@ -74,13 +86,6 @@ def add_parser(sub: Any) -> None:
     i.add_argument("--save-intermediate", action="store_true",
                    help="save every step of each candidate and an animated GIF")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
-    i.add_argument("--align", action="store_true",
-                   help="inputs are photos: align every face, search it and paste it back (= pulse-sr restore)")
-    from pulse_sr.cli.align import add_face_options, add_paste_options
-
-    add_face_options(p)
-    add_paste_options(p)
-    p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
