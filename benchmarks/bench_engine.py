@@ -56,15 +56,16 @@ def median(xs: list[float]) -> float | None:
 # --------------------------------------------------------------------------- worker
 
 
-def planted_target(G, i: int, factor: int):
-    """LR input made by downscaling the generator's own sample for a fixed seed."""
+def planted(G, i: int, factor: int):
+    """Problem i: ground truth ``x [1, 3, R, R]`` = G(z) for z seeded 1000 + i, and its downscale ``[3, h, h]``
+    (the LR input; an exact solution lies in the generator's range). Shared with ``run.py``."""
     import torch
     import pulse_sr
 
     with torch.no_grad():
         z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1000 + i))
         x = ((G(z) + 1) / 2).clamp(0, 1)
-        return pulse_sr.bicubic_downsample(x, factor)[0]
+        return x, pulse_sr.bicubic_downsample(x, factor)[0]
 
 
 def load_standin(network: str, reference: Path):
@@ -144,7 +145,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
 
     per_problem = []
     for i in range(problems):
-        target = planted_target(G, i, factor)
+        _, target = planted(G, i, factor)
         progress = None
         if config != "dcgan":
             def progress(info, _i=i):
@@ -209,6 +210,7 @@ def run_worker(config: str, args: argparse.Namespace) -> dict:
 
 
 def machine_info() -> dict:
+    """CPU model, core count, Python and torch versions, torch threads (shared with ``run.py``)."""
     import torch
 
     cpu = platform.processor() or ""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_engine  # the sibling script: planted problems and machine info
+from bench_engine import planted
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -79,17 +81,6 @@ def cpu_seconds() -> float:
 
 
 # --------------------------------------------------------------------------- worker
-
-
-def planted(G, i: int, factor: int):
-    """Problem i: ground truth ``x [1, 3, R, R]`` = G(z) for z seeded 1000 + i, and its downscale ``[3, h, h]``."""
-    import torch
-    import pulse_sr
-
-    with torch.no_grad():
-        z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1000 + i))
-        x = ((G(z) + 1) / 2).clamp(0, 1)
-        return x, pulse_sr.bicubic_downsample(x, factor)[0]
 
 
 def quality(hr, truth) -> dict:
@@ -206,22 +197,12 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """``bench_engine.machine_info()`` plus the load average when the run starts."""
     try:
         load = os.getloadavg()
     except OSError:
         load = None
-    import torch
-
-    return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "loadavg_at_start": load}
+    return {**bench_engine.machine_info(), "loadavg_at_start": load}
 
 
 def spawn(config: str, mode: str, args: argparse.Namespace, weights_dir: Path | None) -> dict:
