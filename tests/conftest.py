@@ -1,12 +1,15 @@
 """Shared fixtures: the PULSE reference data in ../shared/reference and stand-in weights."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -23,6 +26,17 @@ def reference_dir() -> Path:
     if not (path / "pulse_golden.npz").is_file():
         pytest.fail(f"reference data not found in {path} (set PULSE_SR_REFERENCE to the folder with pulse_golden.npz)")
     return path
+
+
+@lru_cache(maxsize=None)
+def load_sg23_reference() -> ModuleType:
+    """The reference's deterministic_weights_sg23.py, imported from its file."""
+    path = reference_dir() / "deterministic_weights_sg23.py"
+    spec = importlib.util.spec_from_file_location("deterministic_weights_sg23", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ half). Each 1024 synthesis (batch 2, a few seconds) runs once per module.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from types import ModuleType
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import reference_dir
+from conftest import load_sg23_reference, reference_dir
 
 from pulse_sr.errors import WeightsError
 from pulse_sr.generators.stylegan2 import StyleGAN2Generator, load_stylegan2_state_dict, stylegan2_kwargs
@@ -29,13 +28,8 @@ WS_REL_TOL = 1e-6
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sg23() -> ModuleType:
-    """The reference's deterministic_weights_sg23.py, imported from its file."""
-    path = reference_dir() / "deterministic_weights_sg23.py"
-    spec = importlib.util.spec_from_file_location("deterministic_weights_sg23", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The reference's deterministic_weights_sg23.py."""
+    return load_sg23_reference()
 
 
 @pytest.fixture(scope="module")

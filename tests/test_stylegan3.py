@@ -6,16 +6,14 @@ marked slow; each runs once per module. Small configs: test_stylegan3_small.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import reference_dir
+from conftest import load_sg23_reference, reference_dir
 
 from pulse_sr.generators.stylegan3 import (
     MappingNetwork,
@@ -35,15 +33,7 @@ ALL_NETS = (*NETS_256, "stylegan3_t1024")
 
 
 # -- reference data -------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def sg23() -> ModuleType:
-    """The reference's deterministic_weights_sg23.py, imported from its file."""
-    path = reference_dir() / "deterministic_weights_sg23.py"
-    spec = importlib.util.spec_from_file_location("deterministic_weights_sg23", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sg23 = load_sg23_reference  # the reference's deterministic_weights_sg23.py (imported once)
 
 
 @lru_cache(maxsize=None)
