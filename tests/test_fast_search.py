@@ -108,10 +108,11 @@ def test_fast_mode_planted_tiny(tiny, tiny_fit) -> None:
     assert hits >= 2, f"fast mode found a match within eps on only {hits}/3 planted problems"
 
 
-def test_fast_mode_on_generator_without_truncation_is_the_faithful_loop(dcgan) -> None:
+def test_fast_mode_on_generator_without_truncation_is_the_faithful_loop_with_its_preset(dcgan) -> None:
     target = planted(dcgan, 1, 4)
-    a = pulse_search(dcgan, target, n=2, seed=3, steps=12, run_all_steps=True)
+    a = pulse_search(dcgan, target, n=2, seed=3, steps=12, run_all_steps=True, lr=1.5, start_pool=8)
     b = pulse_search(dcgan, target, n=2, seed=3, steps=12, run_all_steps=True, mode="fast")
+    assert (a.settings.mode, b.settings.mode) == ("faithful", "fast")
     assert torch.equal(a.l2_history, b.l2_history) and torch.equal(a.hr, b.hr)
 
 
@@ -250,3 +251,155 @@ def test_max_batch_gives_the_same_search(tiny, tiny_fit) -> None:
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
     with pytest.raises(ValueError, match="max_batch"):
         pulse_search(tiny, target, gaussian_fit=tiny_fit, max_batch=-1)
+
+
+# -- torch.compile'd full steps -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def noisy_tiny():
+    """The tiny generator with noise strengths drawn N(0, 0.3), so noise gradients are not all 0."""
+    from pulse_sr.generators.tiny import make_tiny_generator
+
+    G = make_tiny_generator(seed=3)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return G
+
+
+def _first_step_gradients(G, target, fit, **settings) -> list[torch.Tensor]:
+    from pulse_sr.search.pulse import Search
+    from pulse_sr.search.settings import SearchSettings
+
+    search = Search(G, target, n=2, seed=1, settings=SearchSettings(**settings), device=None,
+                    gaussian_fit=fit, callback=None, callback_images=False)
+    captured: list[torch.Tensor] = []
+    search.apply = lambda grads: captured.extend(g.clone() for g in grads)
+    search.full_step(0)
+    return captured
+
+
+def test_compiled_full_step_gives_the_eager_gradients(noisy_tiny) -> None:
+    """The same function: step-0 gradients through torch.compile agree with eager float32 (batch 1,
+    where channels-last once gave a gradient with cosine 0.25 to the true one)."""
+    fit = fit_gaussian(noisy_tiny, samples=5_000)
+    target = planted(noisy_tiny, 4, 4)
+    eager = _first_step_gradients(noisy_tiny, target, fit, max_batch=1)
+    compiled = _first_step_gradients(noisy_tiny, target, fit, max_batch=1, compile="on")
+    assert len(eager) == len(compiled) == 6
+    assert all(float(g.abs().max()) > 0 for g in eager)  # latent and every trainable noise map
+    for a, b in zip(eager, compiled):
+        cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        relative = float((a - b).norm() / a.norm())
+        assert float(cos) > 0.99999 and relative < 2e-3, (float(cos), relative)
+    # and a short search follows the eager one
+    runs = [pulse_search(noisy_tiny, target, n=2, seed=1, steps=5, gaussian_fit=fit, max_batch=1,
+                         run_all_steps=True, compile=c) for c in ("off", "on")]
+    assert runs[1].settings.compile == "on"
+    assert torch.allclose(runs[0].l2_history, runs[1].l2_history, rtol=1e-3)
+
+
+def test_compile_failure_falls_back_to_eager(noisy_tiny, monkeypatch) -> None:
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fit = fit_gaussian(noisy_tiny, samples=5_000)
+    target = planted(noisy_tiny, 5, 4)
+    eager = pulse_search(noisy_tiny, target, n=2, seed=2, steps=4, gaussian_fit=fit, run_all_steps=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler found\\); using the eager"):
+        fallback = pulse_search(noisy_tiny, target, n=2, seed=2, steps=4, gaussian_fit=fit, run_all_steps=True,
+                                compile="on")
+    assert torch.equal(eager.l2_history, fallback.l2_history) and torch.equal(eager.hr, fallback.hr)
+
+
+def test_compile_auto_and_bad_value(tiny, tiny_fit) -> None:
+    target = planted(tiny, 0, 4)
+    res = pulse_search(tiny, target, steps=1, gaussian_fit=tiny_fit, compile="auto")
+    assert res.settings.compile == "off"  # 32 px: below the 512 px where compiling pays
+    with pytest.raises(ValueError, match="compile must be one of off, on, auto"):
+        pulse_search(tiny, target, gaussian_fit=tiny_fit, compile="yes")
+
+
+def test_cli_faithful_never_compiles(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("PULSE_SR_CACHE", str(tmp_path / "cache"))
+    _write_input(tmp_path / "f.png")
+    base = ["run", tmp_path / "f.png", "--generator", "tiny", "--steps", "3", "--n", "1", "--quiet"]
+    code, _, err = _cli([*base, "-o", tmp_path / "a", "--faithful", "--compile", "on"], capsys)
+    assert code == 2 and "--faithful contradicts --compile on" in err and not (tmp_path / "a").exists()
+    code, _, _ = _cli([*base, "-o", tmp_path / "b", "--faithful"], capsys)
+    assert code in (0, 3)
+    assert json.loads((tmp_path / "b" / "f" / "report.json").read_text())["settings"]["compile"] == "off"
+
+
+# -- start pool and the per-backend fast preset ---------------------------------------------------
+def test_start_pool_picks_the_best_draw_and_keeps_pulse_draw_in_the_pool(dcgan) -> None:
+    from pulse_sr.search.pulse import Search
+    from pulse_sr.search.settings import SearchSettings
+
+    target = planted(dcgan, 2, 4)
+    searches = {pool: Search(dcgan, target, n=3, seed=7, settings=SearchSettings(start_pool=pool), device=None,
+                             gaussian_fit=None, callback=None, callback_images=False) for pool in (1, 8)}
+    plain, pooled = searches[1], searches[8]
+    plain_l2 = plain._start_l2(plain.latent.detach(), plain.noise)
+    pooled_l2 = pooled._start_l2(pooled.latent.detach(), pooled.noise)
+    assert bool((pooled_l2 <= plain_l2).all()) and bool((pooled_l2 < plain_l2).any())
+    # the pool's winners are fresh draws on the sqrt(d) sphere, distinct per candidate
+    norms = pooled.latent.detach().norm(dim=-1)
+    assert torch.allclose(norms, torch.full_like(norms, dcgan.w_dim ** 0.5), rtol=1e-5)
+    assert len({tuple(v.flatten()[:4].tolist()) for v in pooled.latent.detach()}) == 3
+    # pool 1 is PULSE's start; a pool is reproducible
+    again = Search(dcgan, target, n=3, seed=7, settings=SearchSettings(start_pool=8), device=None,
+                   gaussian_fit=None, callback=None, callback_images=False)
+    assert torch.equal(again.latent, pooled.latent)
+    with pytest.raises(ValueError, match="start_pool"):
+        pulse_search(dcgan, target, start_pool=0)
+
+
+def test_auto_mode_and_fast_presets(dcgan, tiny) -> None:
+    from pulse_sr.search.pulse import resolve_settings
+    from pulse_sr.search.settings import SearchSettings
+
+    s = resolve_settings(SearchSettings(mode="auto"), dcgan)
+    assert (s.mode, s.lr, s.start_pool) == ("fast", 1.5, 8)
+    s = resolve_settings(SearchSettings(mode="fast", lr=0.9, start_pool=3), dcgan)  # the caller's values win
+    assert (s.lr, s.start_pool) == (0.9, 3)
+    s = resolve_settings(SearchSettings(), dcgan)  # the library default stays the original loop
+    assert (s.mode, s.lr, s.start_pool, s.compile) == ("faithful", 0.4, 1, "off")
+    s = resolve_settings(SearchSettings(mode="auto", compile="auto"), tiny)  # no preset: faithful
+    assert (s.mode, s.lr, s.start_pool, s.compile) == ("faithful", 0.4, 1, "off")
+
+
+def test_dcgan_fast_preset_planted(dcgan) -> None:
+    """The preset's faces still carry their proof: each downscales to the input as reported."""
+    hits = 0
+    for problem in (0, 1, 2):
+        target = planted(dcgan, problem, 4)
+        res = pulse_search(dcgan, target, n=2, seed=problem, mode="auto")
+        assert res.settings.mode == "fast" and res.settings.lr == 1.5
+        for k in range(res.n):
+            lr = bicubic_downsample(res.hr[k:k + 1], 4)
+            l2 = float(l2_per_image(lr, target[None]))
+            assert abs(l2 - float(res.l2[k])) < 1e-6 and bool(res.converged[k]) == (l2 <= res.eps)
+        hits += int(res.converged.any())
+    assert hits >= 2, f"the dcgan fast preset matched only {hits}/3 planted problems within eps"
+
+
+def test_cli_default_mode_is_auto(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("PULSE_SR_CACHE", str(tmp_path / "cache"))
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(1)
+    Image.fromarray(rng.integers(40, 216, (16, 16, 3), dtype="uint8")).save(tmp_path / "f.png")
+    base = ["run", tmp_path / "f.png", "--steps", "3", "--n", "1", "--quiet"]
+    code, _, _ = _cli([*base, "-o", tmp_path / "a"], capsys)
+    settings = json.loads((tmp_path / "a" / "f" / "report.json").read_text())["settings"]
+    assert code in (0, 3) and (settings["mode"], settings["lr"], settings["start_pool"]) == ("fast", 1.5, 8)
+    code, _, _ = _cli([*base, "-o", tmp_path / "b", "--faithful"], capsys)
+    settings = json.loads((tmp_path / "b" / "f" / "report.json").read_text())["settings"]
+    assert code in (0, 3) and (settings["mode"], settings["lr"], settings["start_pool"]) == ("faithful", 0.4, 1)
+    code, _, err = _cli([*base, "-o", tmp_path / "c", "--faithful", "--start-pool", "4"], capsys)
+    assert code == 2 and "--faithful contradicts --start-pool 4" in err

@@ -348,7 +348,7 @@ def _restore_one(job: Job, args: argparse.Namespace, generator: Any, settings: A
     from pulse_sr.io.files import atomic_write_json, staged_dir
     from pulse_sr.io.images import save_png
     from pulse_sr.io.paste import output_scale, paste_faces, side_by_side
-    from pulse_sr.search.pulse import pulse_search
+    from pulse_sr.search.pulse import pulse_search, resolve_settings
 
     path = job.path
     final = outdir / path.stem
@@ -373,7 +373,8 @@ def _restore_one(job: Job, args: argparse.Namespace, generator: Any, settings: A
     n = args.n
     sw = max(3, len(str(settings.steps)))
     cw = max(2, len(str(n - 1)))
-    search_settings = {**settings.to_dict(), "n": n, "seed": args.seed, "device": device}
+    run_info = {"n": n, "seed": args.seed, "device": device}
+    search_settings = {**resolve_settings(settings, generator).to_dict(), **run_info}  # what the search runs
     with staged_dir(final, overwrite=args.overwrite) as tmp:
         chosen, entries = [], []
         for face, target in zip(faces, targets):

@@ -189,11 +189,14 @@ def strip_name(msg: str, path: Path) -> str:
 
 # -- what several subcommands build from the same options -------------------------------------
 def mode_from_args(args: argparse.Namespace) -> str:
-    """``--faithful`` / ``--mode`` -> the search mode ("faithful" unless asked otherwise)."""
+    """``--faithful`` / ``--mode`` -> the search mode ("auto" unless asked otherwise: fast where the
+    benchmarks show it pays, see ``FAST_PRESETS``, else the faithful loop)."""
     mode = getattr(args, "mode", None)
     if getattr(args, "faithful", False) and mode not in (None, "faithful"):
         raise UsageError(f"--faithful contradicts --mode {mode}")
-    return "faithful" if getattr(args, "faithful", False) or mode is None else mode
+    if getattr(args, "faithful", False):
+        return "faithful"
+    return "auto" if mode is None else mode
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -211,6 +214,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     if "bad_noise_layers" in values:
         values["bad_noise_layers"] = tuple(values["bad_noise_layers"])
     values["mode"] = mode_from_args(args)
+    if getattr(args, "faithful", False):  # the original loop, bit for bit: eager, never compiled
+        if values.get("compile") == "on":
+            raise UsageError("--faithful contradicts --compile on")
+        if values.get("start_pool", 1) > 1:
+            raise UsageError(f"--faithful contradicts --start-pool {values['start_pool']}")
+        values["compile"] = "off"
     settings = SearchSettings(**values)
     try:
         validate_settings(settings)

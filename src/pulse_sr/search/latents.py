@@ -12,6 +12,7 @@ with a mapping network each row keeps the norm of its draw, as in the original.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -89,10 +90,50 @@ def initial_state(
     latent = torch.cat(latents)
     if settings.start == "w_avg":
         latent = w_avg_latent(generator, gaussian_fit).expand_as(latent).clone()
-    elif not generator.has_mapping:
-        latent = latent * (generator.w_dim**0.5 / latent.norm(dim=-1, keepdim=True))
+    else:
+        latent = _onto_prior_sphere(generator, latent)
     return StartState(
         latent=latent.to(device),
         noise=[torch.cat(maps).to(device) for maps in noises],
         trainable=[kind == "trainable" for kind in plan],
     )
+
+
+def _onto_prior_sphere(generator: FaceGenerator, latent: Tensor) -> Tensor:
+    """Without a mapping network each row goes onto the ``sqrt(d)`` sphere; else unchanged."""
+    if generator.has_mapping:
+        return latent
+    return latent * (generator.w_dim**0.5 / latent.norm(dim=-1, keepdim=True))
+
+
+#: pool draws of candidate k come from ``torch.Generator().manual_seed(POOL_SEED_BASE + seed + k)``,
+#: a stream apart from the PULSE draws (seeded ``seed + k``)
+POOL_SEED_BASE = 1 << 40
+
+
+def best_of_pool(
+    generator: FaceGenerator, start: StartState, settings: SearchSettings, *, seed: int, pool: int,
+    score: Callable[[Tensor, list[Tensor]], Tensor],
+) -> Tensor:
+    """Per candidate, the latent ``[L, w_dim]`` with the lowest ``score`` among its own start and
+    ``pool - 1`` more seeded draws (same noise maps); returns ``[n, L, w_dim]`` on the start's device.
+
+    ``score(latents [B, L, w_dim], noise list of [B, 1, H, W]) -> [B]`` (lower is better), called on
+    at most ``settings.max_batch`` draws at a time (all at once when 0).
+    With ``start == "w_avg"`` every draw would be the same point: the start is returned unchanged.
+    """
+    if settings.start == "w_avg" or pool <= 1:
+        return start.latent
+    n, layers, dim = start.latent.shape
+    dev = start.latent.device
+    chosen = []
+    for k in range(n):
+        rng = torch.Generator().manual_seed(POOL_SEED_BASE + seed + k)
+        extra = _onto_prior_sphere(generator, torch.randn((pool - 1, layers, dim), generator=rng)).to(dev)
+        draws = torch.cat([start.latent[k:k + 1], extra])
+        chunk = settings.max_batch or pool
+        scores = torch.cat([
+            score(draws[i:i + chunk], [t[k:k + 1].expand(len(draws[i:i + chunk]), *t.shape[1:]) for t in start.noise])
+            for i in range(0, pool, chunk)])
+        chosen.append(draws[int(scores.argmin())])
+    return torch.stack(chosen)

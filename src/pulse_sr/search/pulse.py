@@ -14,7 +14,8 @@ the original's ``LeakyReLU(0.2)`` (the inverse of the fit's ``LeakyReLU(5)``).
 Options beside the faithful loop (``SearchSettings``): ``mode="fast"``
 (coarse-to-fine, :mod:`pulse_sr.search.coarse`), ``lean_memory`` (same numbers,
 fewer page faults, :mod:`pulse_sr.search.lean`), ``max_batch`` (full steps in
-chunks of candidates: same gradients, less memory) and ``start="w_avg"``.
+chunks of candidates: same gradients, less memory), ``compile`` (full steps through
+``torch.compile``, :mod:`pulse_sr.search.compiled`) and ``start="w_avg"``.
 """
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ from torch import Tensor
 from pulse_sr.degradations.bicubic import BicubicDownsample, valid_input_sizes
 from pulse_sr.errors import SizeError
 from pulse_sr.generators.base import FaceGenerator
-from pulse_sr.search.latents import initial_state
+from pulse_sr.search.compiled import synthesis_for
+from pulse_sr.search.latents import best_of_pool, initial_state
 from pulse_sr.search.losses import evaluate_loss, l2_per_image, parse_loss
 from pulse_sr.search.schedules import lr_multiplier
 from pulse_sr.search.settings import (
+    COMPILE,
+    FAST_PRESETS,
     MODES,
     NOISE_TYPES,
     OPTIMIZERS,
@@ -46,7 +50,8 @@ from pulse_sr.search.sphere import latent_dims, noise_dims, project_to_sphere_, 
 
 Callback = Callable[[StepInfo], None]
 #: with ``max_batch=0`` (auto), full steps run one candidate at a time from this resolution on:
-#: the same gradients, a quarter of the peak memory at n=4, and faster on a CPU (measured at 1024)
+#: the same gradients, a quarter of the peak memory at n=4, and faster on a CPU (measured at 1024);
+#: ``compile="auto"`` compiles the full synthesis from this resolution on
 CHUNK_MIN_RESOLUTION = 512
 
 
@@ -87,6 +92,10 @@ def validate_settings(settings: SearchSettings) -> None:
         raise ValueError(f"coarse_steps must be -1 (auto) or >= 0, got {settings.coarse_steps!r}")
     if not isinstance(settings.max_batch, int) or settings.max_batch < 0:
         raise ValueError(f"max_batch must be 0 (all candidates at once) or positive, got {settings.max_batch!r}")
+    if not isinstance(settings.start_pool, int) or settings.start_pool < 1:
+        raise ValueError(f"start_pool must be a positive integer, got {settings.start_pool!r}")
+    if settings.compile not in COMPILE:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE)}, got {settings.compile!r}")
     if not isinstance(settings.refresh_every, int) or settings.refresh_every < 1:
         raise ValueError(f"refresh_every must be a positive integer, got {settings.refresh_every!r}")
     lr_multiplier(settings.schedule)
@@ -146,8 +155,10 @@ def pulse_search(
     omitted and the generator has a mapping network).
 
     ``mode="fast"`` runs most steps through a truncated synthesis (see
-    :mod:`pulse_sr.search.coarse`); every returned face is still the true
-    network's output and eps is checked on it.
+    :mod:`pulse_sr.search.coarse`), or its backend's preset (``FAST_PRESETS``);
+    ``mode="auto"`` is fast where a preset exists. Every returned face is still the
+    true network's output and eps is checked on it. ``result.settings`` holds the
+    settings as run (see :func:`resolve_settings`).
     """
     settings = dataclasses.replace(settings or SearchSettings(), **overrides)  # type: ignore[arg-type]
     validate_settings(settings)
@@ -155,12 +166,11 @@ def pulse_search(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    settings = resolve_settings(settings, generator)
     if settings.lean_memory or settings.mode == "fast":
         from pulse_sr.search.lean import keep_freed_memory
 
         keep_freed_memory()
-    if settings.max_batch == 0 and generator.resolution >= CHUNK_MIN_RESOLUTION:
-        settings = dataclasses.replace(settings, max_batch=1)
     search = Search(generator, target, n=n, seed=seed, settings=settings, device=device,
                     gaussian_fit=gaussian_fit, callback=callback, callback_images=callback_images)
     if settings.mode == "fast" and supports_coarse(search.G, search.target.shape[-1]):
@@ -174,6 +184,29 @@ def pulse_search(
             break
         search.full_step(step)
     return search.result()
+
+
+def resolve_settings(settings: SearchSettings, generator: FaceGenerator) -> SearchSettings:
+    """The settings a search of ``generator`` actually runs, every "auto" decided.
+
+    ``mode="auto"``: fast for backends with a preset (``FAST_PRESETS``), else faithful; fast mode
+    takes its backend's preset for fields still at PULSE's defaults. ``max_batch=0`` and
+    ``compile="auto"``: chunked and compiled full steps from ``CHUNK_MIN_RESOLUTION`` on.
+    """
+    replace = dataclasses.replace
+    big = generator.resolution >= CHUNK_MIN_RESOLUTION
+    preset = FAST_PRESETS.get(generator.backend, {})
+    if settings.mode == "auto":
+        settings = replace(settings, mode="fast" if preset else "faithful")
+    if settings.mode == "fast" and preset:
+        pulse = SearchSettings()
+        settings = replace(settings, **{k: v for k, v in preset.items()  # type: ignore[arg-type]
+                                        if getattr(settings, k) == getattr(pulse, k)})
+    if settings.max_batch == 0 and big:
+        settings = replace(settings, max_batch=1)
+    if settings.compile == "auto":
+        settings = replace(settings, compile="on" if big else "off")
+    return settings
 
 
 def supports_coarse(G: FaceGenerator, lr_side: int) -> bool:
@@ -198,6 +231,8 @@ class Search:
         self.callback, self.callback_images = callback, callback_images
         dev = self.dev = torch.device(device) if device is not None else generator._device()
         G = self.G = _working_copy(generator, dev)
+        #: what full steps run: ``G.synthesis`` or its compiled version (search/compiled.py)
+        self.synthesis = synthesis_for(G, settings.compile == "on")
         self.target, factor = prepare_target(target.detach().to(dev), G.resolution)
         self.downsample = BicubicDownsample(factor).to(dev)
         self.loss_spec = parse_loss(settings.loss)
@@ -213,6 +248,9 @@ class Search:
             self.gaussian_fit = tuple(t.detach().to(dev, torch.float32) for t in gaussian_fit)  # type: ignore[assignment]
 
         start = initial_state(G, settings, n=n, seed=seed, device=dev, gaussian_fit=self.gaussian_fit)
+        if settings.start_pool > 1:
+            start.latent = best_of_pool(G, start, settings, seed=seed, pool=settings.start_pool,
+                                        score=self._start_l2)
         self.latent = start.latent.requires_grad_(True)
         self.noise = start.noise
         self.trainable = [t.requires_grad_(True) for t, flag in zip(self.noise, start.trainable) if flag]
@@ -237,6 +275,12 @@ class Search:
         self.l2_hist = torch.full((steps, n), float("nan"))
         self.start_time = time.perf_counter()
         self.last_step = 0
+
+    @torch.inference_mode()
+    def _start_l2(self, latent: Tensor, noise: list[Tensor]) -> Tensor:
+        """L2 to the input of the clamped images of latents ``[B, L, w_dim]`` with noise ``[B, 1, H, W]``s."""
+        hr = ((self.G.synthesis(self.to_ws(latent), noise) + 1) / 2).clamp(0, 1)
+        return l2_per_image(self.downsample(hr), self.target).cpu()
 
     def to_ws(self, latent: Tensor) -> Tensor:
         """Search latent ``[B, L, w_dim]`` -> synthesis input ``[B, num_ws, w_dim]`` (tiled, mapped)."""
@@ -264,7 +308,7 @@ class Search:
             return
         idx = active.to(self.dev)
         ws = self.to_ws(self.latent[idx])
-        hr = (self.G.synthesis(ws, [t[idx] for t in self.noise]) + 1) / 2
+        hr = (self.synthesis(ws, [t[idx] for t in self.noise]) + 1) / 2
         total, _ = evaluate_loss(self.loss_spec, self.downsample(hr), self.target, ws, self.eps)
         self.full_steps[active] += 1
         self.observe(step, active, hr.detach(), total.detach().cpu())
@@ -283,7 +327,7 @@ class Search:
         for part in active.split(chunk):
             idx = part.to(self.dev)
             ws = self.to_ws(self.latent[idx])
-            hr = (self.G.synthesis(ws, [t[idx] for t in self.noise]) + 1) / 2
+            hr = (self.synthesis(ws, [t[idx] for t in self.noise]) + 1) / 2
             total, _ = evaluate_loss(self.loss_spec, self.downsample(hr), self.target, ws, self.eps)
             if not last:
                 parts = torch.autograd.grad(total.sum(), self.variables, allow_unused=True)

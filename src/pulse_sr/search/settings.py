@@ -13,10 +13,20 @@ SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
 NOISE_TYPES = ("trainable", "fixed", "zero")
 #: ``faithful``: the original loop, every step through the full network. ``fast``: coarse-to-fine
 #: (most steps through a synthesis truncated at ``coarse_side`` plus a fitted linear head, the
-#: true network checked every ``refresh_every`` steps and run for the last steps) and lean memory.
-MODES = ("faithful", "fast")
+#: true network checked every ``refresh_every`` steps and run for the last steps) and lean memory;
+#: for backends in ``FAST_PRESETS`` also their preset. ``auto``: ``fast`` for the backends in
+#: ``FAST_PRESETS`` (where benchmarks/run.py shows it at least as often within eps, and faster),
+#: else ``faithful``.
+MODES = ("faithful", "fast", "auto")
+#: per backend, settings that fast mode uses instead of PULSE's defaults (a field the caller set to
+#: something other than PULSE's default keeps the caller's value). dcgan-digiface, 10 planted
+#: problems x 4 candidates: lr 0.4 -> 1.5 and the best of 8 starts take the candidates within eps
+#: from 20/40 to 31/40 with a third fewer steps (benchmarks/README.md).
+FAST_PRESETS: dict[str, dict[str, object]] = {"dcgan": {"lr": 1.5, "start_pool": 8}}
 #: where latents start: PULSE's draw mapped through the Gaussian fit, or the mapping's ``w_avg``
 STARTS = ("gaussian", "w_avg")
+#: full steps through ``torch.compile`` (search/compiled.py): off, on, or auto (on from 512 px)
+COMPILE = ("off", "on", "auto")
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,12 @@ class SearchSettings:
     #: else all at once). The same gradients, and the peak memory of ``max_batch`` candidates
     #: instead of ``n``.
     max_batch: int = 0
+    #: "off" (default, eager), "on" (full steps through torch.compile: the same function up to float
+    #: rounding, faster and leaner at 1024, a one-off compile cached on disk) or "auto" (on from 512 px)
+    compile: str = "off"
+    #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
+    #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
+    start_pool: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -310,7 +310,7 @@ class JobManager:
         n = p["n"]
         with job.lock:
             job.l2, job.best_l2, job.converged = [None] * n, [None] * n, [False] * n
-        settings = SearchSettings(steps=p["steps"], eps=p["eps"])
+        settings = SearchSettings(steps=p["steps"], eps=p["eps"], mode="auto", compile="auto")  # as the CLI
         started = time.perf_counter()
 
         def callback(info: Any) -> None:
@@ -355,7 +355,7 @@ class JobManager:
         with staged_dir(job.dir / "result") as tmp:
             report = write_result_files(
                 tmp, target=job.target, result=result, generator=gen,
-                settings={**settings.to_dict(), "n": p["n"], "seed": p["seed"],
+                settings={**result.settings.to_dict(), "n": p["n"], "seed": p["seed"],
                           "device": self.settings.device},
                 input_info=job.input_info, started=started,
             )
