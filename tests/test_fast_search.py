@@ -403,3 +403,15 @@ def test_cli_default_mode_is_auto(tmp_path, capsys, monkeypatch) -> None:
     assert code in (0, 3) and (settings["mode"], settings["lr"], settings["start_pool"]) == ("faithful", 0.4, 1)
     code, _, err = _cli([*base, "-o", tmp_path / "c", "--faithful", "--start-pool", "4"], capsys)
     assert code == 2 and "--faithful contradicts --start-pool 4" in err
+
+
+def test_cli_says_when_it_will_compile(tiny, capsys) -> None:
+    from pulse_sr.cli.common import announce_compile
+    from pulse_sr.search.settings import SearchSettings
+
+    announce_compile(SearchSettings(compile="auto"), tiny, quiet=False)  # 32 px: auto stays eager
+    announce_compile(SearchSettings(compile="on"), tiny, quiet=True)
+    assert capsys.readouterr().err == ""
+    announce_compile(SearchSettings(compile="on"), tiny, quiet=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torch.compile" in err and "--compile off" in err

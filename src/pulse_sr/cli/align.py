@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of this module's API
-    NOTICE, Job, UsageError, already_done, announce_gaussian_fit, err, generator_from_args, int_at_least,
-    json_safe, out, prepare_jobs, resolve_device, run_jobs, settings_from_args, strip_name, version,
+    NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, err, generator_from_args,
+    int_at_least, json_safe, out, prepare_jobs, resolve_device, run_jobs, settings_from_args, strip_name, version,
 )
 
 #: images smaller than this (longer side) are taken as aligned faces without detection
@@ -332,6 +332,7 @@ def restore_main(args: argparse.Namespace) -> int:
     check_start(settings, generator)
     size = _resolve_size(args, int(generator.resolution))
     announce_gaussian_fit(generator, quiet=args.quiet)
+    announce_compile(settings, generator, quiet=args.quiet)
     framing = framing_for(generator.name)
     outdir = Path(args.outdir)
     jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)

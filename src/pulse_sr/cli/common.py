@@ -163,6 +163,15 @@ def announce_gaussian_fit(generator: Any, *, quiet: bool) -> Any:
     return cached_gaussian_fit(generator)
 
 
+def announce_compile(settings: Any, generator: Any, *, quiet: bool) -> None:
+    """Say up front that the first search will sit compiling when ``--compile`` resolves to on."""
+    from pulse_sr.search.pulse import resolve_settings
+
+    if not quiet and resolve_settings(settings, generator).compile == "on":
+        err("full steps run through torch.compile: the first search of a process waits for it (about "
+            "100 s the first time, about 10 s once cached on disk); --compile off skips it")
+
+
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pulse_sr.cli.common import (
-    NOTICE, Job, UsageError, already_done, announce_gaussian_fit, err, generator_from_args, int_at_least,
-    json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, run_jobs, settings_from_args,
-    strip_name, version,
+    NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, err, generator_from_args,
+    int_at_least, json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, run_jobs,
+    settings_from_args, strip_name, version,
 )
 from pulse_sr.search.settings import COMPILE, MODES, NOISE_TYPES, OPTIMIZERS, SCHEDULES, STARTS  # torch-free module
 
@@ -110,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     generator = generator_from_args(args, device)
     check_start(settings, generator)
     announce_gaussian_fit(generator, quiet=args.quiet)
+    announce_compile(settings, generator, quiet=args.quiet)
 
     outdir = Path(args.outdir)
     jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)
