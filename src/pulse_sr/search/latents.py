@@ -112,28 +112,30 @@ POOL_SEED_BASE = 1 << 40
 
 
 def best_of_pool(
-    generator: FaceGenerator, start: StartState, settings: SearchSettings, *, seed: int, pool: int,
+    generator: FaceGenerator, start: StartState, settings: SearchSettings, *, seed: int,
     score: Callable[[Tensor, list[Tensor]], Tensor],
 ) -> Tensor:
     """Per candidate, the latent ``[L, w_dim]`` with the lowest ``score`` among its own start and
-    ``pool - 1`` more seeded draws (same noise maps); returns ``[n, L, w_dim]`` on the start's device.
+    ``settings.start_pool - 1`` more seeded draws (same noise maps); returns ``[n, L, w_dim]`` on the
+    start's device.
 
     ``score(latents [B, L, w_dim], noise list of [B, 1, H, W]) -> [B]`` (lower is better), called on
     at most ``settings.max_batch`` draws at a time (all at once when 0).
     With ``start == "w_avg"`` every draw would be the same point: the start is returned unchanged.
     """
+    pool = settings.start_pool
     if settings.start == "w_avg" or pool <= 1:
         return start.latent
     n, layers, dim = start.latent.shape
-    dev = start.latent.device
+    chunk = settings.max_batch or pool
     chosen = []
     for k in range(n):
         rng = torch.Generator().manual_seed(POOL_SEED_BASE + seed + k)
-        extra = _onto_prior_sphere(generator, torch.randn((pool - 1, layers, dim), generator=rng)).to(dev)
-        draws = torch.cat([start.latent[k:k + 1], extra])
-        chunk = settings.max_batch or pool
-        scores = torch.cat([
-            score(draws[i:i + chunk], [t[k:k + 1].expand(len(draws[i:i + chunk]), *t.shape[1:]) for t in start.noise])
-            for i in range(0, pool, chunk)])
-        chosen.append(draws[int(scores.argmin())])
+        extra = _onto_prior_sphere(generator, torch.randn((pool - 1, layers, dim), generator=rng))
+        draws = torch.cat([start.latent[k:k + 1], extra.to(start.latent.device)])
+        scores = []
+        for part in draws.split(chunk):
+            noise = [t[k:k + 1].expand(len(part), *t.shape[1:]) for t in start.noise]
+            scores.append(score(part, noise))
+        chosen.append(draws[int(torch.cat(scores).argmin())])
     return torch.stack(chosen)

@@ -249,8 +249,7 @@ class Search:
 
         start = initial_state(G, settings, n=n, seed=seed, device=dev, gaussian_fit=self.gaussian_fit)
         if settings.start_pool > 1:
-            start.latent = best_of_pool(G, start, settings, seed=seed, pool=settings.start_pool,
-                                        score=self._start_l2)
+            start.latent = best_of_pool(G, start, settings, seed=seed, score=self._start_l2)
         self.latent = start.latent.requires_grad_(True)
         self.noise = start.noise
         self.trainable = [t.requires_grad_(True) for t, flag in zip(self.noise, start.trainable) if flag]
