@@ -235,15 +235,8 @@ def test_max_batch_gives_the_same_search(tiny, tiny_fit) -> None:
         assert parts.settings.max_batch == chunk
         assert torch.allclose(parts.l2_history, whole.l2_history, rtol=2e-4, atol=1e-8)
     # the gradients handed to the optimiser, step 0, whole batch vs one candidate at a time
-    from pulse_sr.search.pulse import Search
-    from pulse_sr.search.settings import SearchSettings
-
-    captured = {}
-    for chunk in (0, 1):
-        search = Search(tiny, target, n=3, seed=4, settings=SearchSettings(max_batch=chunk), device=None,
-                        gaussian_fit=tiny_fit, callback=None, callback_images=False)
-        search.apply = lambda grads, _c=chunk: captured.__setitem__(_c, [g.clone() for g in grads])
-        search.full_step(0)
+    captured = {chunk: _first_step_gradients(tiny, target, tiny_fit, n=3, seed=4, max_batch=chunk)
+                for chunk in (0, 1)}
     assert len(captured[0]) == len(captured[1]) == 6  # latent + 5 trainable noise maps
     scale = float(captured[0][0].abs().max())
     assert scale > 0  # (the tiny generator's noise strengths are 0, so its noise gradients are too)
@@ -268,12 +261,18 @@ def noisy_tiny():
     return G
 
 
-def _first_step_gradients(G, target, fit, **settings) -> list[torch.Tensor]:
+def _new_search(G, target, fit=None, *, n: int, seed: int, **settings):
+    """The loop's state (a ``Search``) with these settings and no callback, before any step."""
     from pulse_sr.search.pulse import Search
     from pulse_sr.search.settings import SearchSettings
 
-    search = Search(G, target, n=2, seed=1, settings=SearchSettings(**settings), device=None,
-                    gaussian_fit=fit, callback=None, callback_images=False)
+    return Search(G, target, n=n, seed=seed, settings=SearchSettings(**settings), device=None,
+                  gaussian_fit=fit, callback=None, callback_images=False)
+
+
+def _first_step_gradients(G, target, fit, *, n: int = 2, seed: int = 1, **settings) -> list[torch.Tensor]:
+    """The gradients step 0 hands to the optimiser: latent, then each trainable noise map."""
+    search = _new_search(G, target, fit, n=n, seed=seed, **settings)
     captured: list[torch.Tensor] = []
     search.apply = lambda grads: captured.extend(g.clone() for g in grads)
     search.full_step(0)
@@ -337,12 +336,8 @@ def test_cli_faithful_never_compiles(tmp_path, capsys, monkeypatch) -> None:
 
 # -- start pool and the per-backend fast preset ---------------------------------------------------
 def test_start_pool_picks_the_best_draw_and_keeps_pulse_draw_in_the_pool(dcgan) -> None:
-    from pulse_sr.search.pulse import Search
-    from pulse_sr.search.settings import SearchSettings
-
     target = planted(dcgan, 2, 4)
-    searches = {pool: Search(dcgan, target, n=3, seed=7, settings=SearchSettings(start_pool=pool), device=None,
-                             gaussian_fit=None, callback=None, callback_images=False) for pool in (1, 8)}
+    searches = {pool: _new_search(dcgan, target, n=3, seed=7, start_pool=pool) for pool in (1, 8)}
     plain, pooled = searches[1], searches[8]
     plain_l2 = plain._start_l2(plain.latent.detach(), plain.noise)
     pooled_l2 = pooled._start_l2(pooled.latent.detach(), pooled.noise)
@@ -352,8 +347,7 @@ def test_start_pool_picks_the_best_draw_and_keeps_pulse_draw_in_the_pool(dcgan) 
     assert torch.allclose(norms, torch.full_like(norms, dcgan.w_dim ** 0.5), rtol=1e-5)
     assert len({tuple(v.flatten()[:4].tolist()) for v in pooled.latent.detach()}) == 3
     # pool 1 is PULSE's start; a pool is reproducible
-    again = Search(dcgan, target, n=3, seed=7, settings=SearchSettings(start_pool=8), device=None,
-                   gaussian_fit=None, callback=None, callback_images=False)
+    again = _new_search(dcgan, target, n=3, seed=7, start_pool=8)
     assert torch.equal(again.latent, pooled.latent)
     with pytest.raises(ValueError, match="start_pool"):
         pulse_search(dcgan, target, start_pool=0)
