@@ -23,7 +23,6 @@ that record. :func:`ensure_weights` is what loaders call.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pulse_sr.errors import WeightsError
+from pulse_sr.io.hashing import sha256_file
 from pulse_sr.weights.zoo import (
     MANIFEST,
     WEIGHTS_ENV,
@@ -77,15 +77,6 @@ class Fetched:
     path: Path
     size: int
     sha256: str
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _host(url: str) -> str:
