@@ -444,6 +444,24 @@ def test_cached_zoo_checkpoints_are_offered(tmp_path: Path, monkeypatch: pytest.
     assert [e.name for e in list_generators(("tiny",))] == ["tiny"]
 
 
+def test_zoo_checkpoint_cached_after_start_up_is_offered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulse_sr.web.jobs import JobManager
+
+    monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path / "weights"))
+    with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), httpx.Client(base_url=url) as c:
+        assert [g["name"] for g in c.get("/api/generators").json()] == ["dcgan-digiface", "tiny"]
+        folder = tmp_path / "weights" / "stylegan2-ffhq-1024"  # `pulse-sr weights download` meanwhile
+        folder.mkdir(parents=True)
+        (folder / "stylegan2-ffhq-1024x1024.pkl").write_bytes(b"not a pickle")
+        names = [g["name"] for g in c.get("/api/generators").json()]
+        assert names == ["dcgan-digiface", "tiny", "stylegan2-ffhq-1024"]
+    restricted = JobManager(WebSettings(work_dir=str(tmp_path / "w2"), generators=("tiny",)))
+    try:
+        assert list(restricted.generators.refresh()) == ["tiny"]  # --generators still limits the offer
+    finally:
+        restricted.stop()
+
+
 def test_serve_command_prints_the_address_and_serves(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -124,7 +124,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.get("/api/generators")
     async def generators() -> list[dict[str, Any]]:
-        return [e.to_json() for e in manager.generators.entries.values()]
+        entries = await run_in_threadpool(manager.generators.refresh)  # zoo downloads since start-up
+        return [e.to_json() for e in entries.values()]
 
     @app.get("/api/examples")
     async def list_examples() -> list[dict[str, Any]]:

@@ -137,11 +137,28 @@ class GeneratorCache:
     worker threads can share one copy.
     """
 
-    def __init__(self, entries: list[GeneratorEntry], device: str) -> None:
+    def __init__(self, entries: list[GeneratorEntry], device: str,
+                 allowed: tuple[str, ...] | None = None) -> None:
         self.entries = {e.name: e for e in entries}
         self.device = device
+        self.allowed = allowed
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.entries}
+        self._guard = threading.Lock()
+
+    def refresh(self) -> dict[str, GeneratorEntry]:
+        """Offer zoo checkpoints cached since start-up (``pulse-sr weights download`` while serving).
+
+        Entries already offered stay as they are (a loaded generator is kept); new ones are
+        appended. Returns the entries by name.
+        """
+        fresh = [e for e in zoo_generators() if self.allowed is None or e.name in self.allowed]
+        with self._guard:
+            for entry in fresh:
+                if entry.name not in self.entries:
+                    self._locks[entry.name] = threading.Lock()
+                    self.entries = {**self.entries, entry.name: entry}
+            return self.entries
 
     def get(self, name: str) -> tuple[Any, Any]:
         """``(generator, gaussian_fit or None)``; raises PulseError/OSError when loading fails."""

@@ -42,7 +42,8 @@ class JobManager:
         self.root = Path(tempfile.mkdtemp(prefix="pulse-sr-web-", dir=parent))
         (self.root / "inputs").mkdir()
         (self.root / "jobs").mkdir()
-        self.generators = GeneratorCache(list_generators(settings.generators), settings.device)
+        self.generators = GeneratorCache(list_generators(settings.generators), settings.device,
+                                         settings.generators)
         self.inputs: dict[str, InputRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
         self._queue: collections.deque[str] = collections.deque()
@@ -159,6 +160,8 @@ class JobManager:
         rec = self.get_input(str(body.get("input_id", "")))
         entries = self.generators.entries
         gname = body.get("generator") or next((n for n, e in entries.items() if e.default), "")
+        if gname not in entries:  # perhaps downloaded since start-up
+            entries = self.generators.refresh()
         if gname not in entries:
             raise WebError(400, f"unknown generator {str(gname)[:40]!r}; offered: {', '.join(entries)}")
         if not entries[gname].available:
