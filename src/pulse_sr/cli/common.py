@@ -205,7 +205,9 @@ def mode_from_args(args: argparse.Namespace) -> str:
         raise UsageError(f"--faithful contradicts --mode {mode}")
     if getattr(args, "faithful", False):
         return "faithful"
-    return "auto" if mode is None else mode
+    from pulse_sr.search.settings import FRONT_END_DEFAULTS  # torch-free module
+
+    return FRONT_END_DEFAULTS["mode"] if mode is None else mode
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:

@@ -12,7 +12,15 @@ from pulse_sr.cli.common import (
     int_at_least, json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, run_jobs,
     settings_from_args, strip_name, version,
 )
-from pulse_sr.search.settings import COMPILE, MODES, NOISE_TYPES, OPTIMIZERS, SCHEDULES, STARTS  # torch-free module
+from pulse_sr.search.settings import (  # torch-free module
+    COMPILE,
+    FRONT_END_DEFAULTS,
+    MODES,
+    NOISE_TYPES,
+    OPTIMIZERS,
+    SCHEDULES,
+    STARTS,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -80,7 +88,7 @@ def add_run_options(p: Any) -> None:
     s.add_argument("--max-batch", type=int_at_least(0), default=0,
                    help="candidates per forward+backward (default 0: one at a time from 512 px on, else "
                         "all at once); 1 caps memory at one candidate's with the same gradients")
-    s.add_argument("--compile", choices=COMPILE, default="auto",
+    s.add_argument("--compile", choices=COMPILE, default=FRONT_END_DEFAULTS["compile"],
                    help="full steps through torch.compile: the same loop, float rounding aside; at 1024 a "
                         "step 1.4x faster with 40%% less memory, after a one-off compile of ~100 s cached on "
                         "disk (default auto: on from 512 px; --faithful turns it off)")

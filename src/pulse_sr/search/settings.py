@@ -27,6 +27,9 @@ FAST_PRESETS: dict[str, dict[str, object]] = {"dcgan": {"lr": 1.5, "start_pool":
 STARTS = ("gaussian", "w_avg")
 #: full steps through ``torch.compile`` (search/compiled.py): off, on, or auto (on from 512 px)
 COMPILE = ("off", "on", "auto")
+#: what the command line and the web app run unless told otherwise; the library's
+#: ``SearchSettings`` defaults stay the original loop (mode faithful, compile off)
+FRONT_END_DEFAULTS: dict[str, str] = {"mode": "auto", "compile": "auto"}
 
 
 @dataclass(frozen=True)

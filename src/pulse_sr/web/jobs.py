@@ -306,14 +306,14 @@ class JobManager:
 
     def _run(self, job: JobRecord) -> None:
         from pulse_sr.search.pulse import pulse_search
-        from pulse_sr.search.settings import SearchSettings
+        from pulse_sr.search.settings import FRONT_END_DEFAULTS, SearchSettings
 
         p, s = job.params, self.settings
         gen, fit = self.generators.get(p["generator"])
         n = p["n"]
         with job.lock:
             job.l2, job.best_l2, job.converged = [None] * n, [None] * n, [False] * n
-        settings = SearchSettings(steps=p["steps"], eps=p["eps"], mode="auto", compile="auto")  # as the CLI
+        settings = SearchSettings(steps=p["steps"], eps=p["eps"], **FRONT_END_DEFAULTS)  # as the CLI
         started = time.perf_counter()
 
         def callback(info: Any) -> None:
