@@ -397,6 +397,24 @@ def test_cli_default_mode_is_auto(tmp_path, capsys, monkeypatch) -> None:
     assert code in (0, 3) and (settings["mode"], settings["lr"], settings["start_pool"]) == ("faithful", 0.4, 1)
     code, _, err = _cli([*base, "-o", tmp_path / "c", "--faithful", "--start-pool", "4"], capsys)
     assert code == 2 and "--faithful contradicts --start-pool 4" in err
+    code, _, err = _cli([*base, "-o", tmp_path / "d", "--faithful", "--schedule", "cosine_restart"], capsys)
+    assert code == 2 and "--faithful contradicts --schedule cosine_restart" in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_cosine_restart_schedule_planted(tiny, tiny_fit) -> None:
+    """The opt-in schedule is an ordinary PULSE search otherwise: planted problems are solved, and
+    what is returned carries its proof."""
+    hits = 0
+    for problem in (0, 1, 3):
+        target = planted(tiny, problem, 4)
+        res = pulse_search(tiny, target, n=2, seed=problem, gaussian_fit=tiny_fit, schedule="cosine_restart")
+        assert res.settings.schedule == "cosine_restart"
+        for k in range(res.n):
+            l2 = float(l2_per_image(bicubic_downsample(res.hr[k:k + 1], 4), target[None]))
+            assert abs(l2 - float(res.l2[k])) < 1e-6 and bool(res.converged[k]) == (l2 <= res.eps)
+        hits += int(res.converged.any())
+    assert hits >= 2, f"cosine_restart matched only {hits}/3 planted problems within eps"
 
 
 def test_cli_says_when_it_will_compile(tiny, capsys) -> None:

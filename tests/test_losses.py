@@ -1,6 +1,8 @@
 """Loss terms (parity with the original), loss strings, schedules, sphere projection."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -77,6 +79,11 @@ def test_schedules_match_pulse_formulas() -> None:
     cyc = lr_multiplier("linear1cycle")
     assert cyc(0, 100) == pytest.approx(0.1) and cyc(50, 100) == pytest.approx(1.0)
     assert lr_multiplier("fixed")(37, 100) == 1.0
+    restart = lr_multiplier("cosine_restart")
+    assert restart(0, 100) == pytest.approx(1.0) and restart(20, 100) == pytest.approx(0.505)
+    assert restart(39, 100) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    assert restart(40, 100) == pytest.approx(0.5) and restart(70, 100) == pytest.approx(0.2505)
+    assert restart(7, 10) == pytest.approx(0.2505)  # the cycles scale with the step budget
     with pytest.raises(ValueError, match="known: fixed"):
         lr_multiplier("cosine")
 

@@ -230,6 +230,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             raise UsageError("--faithful contradicts --compile on")
         if values.get("start_pool", 1) > 1:
             raise UsageError(f"--faithful contradicts --start-pool {values['start_pool']}")
+        if values.get("schedule") == "cosine_restart":
+            raise UsageError("--faithful contradicts --schedule cosine_restart (not one of PULSE's schedules)")
         values["compile"] = "off"
     settings = SearchSettings(**values)
     try:
