@@ -114,6 +114,33 @@ def tame_rgb(synthesis_pt: Path, scale: float = TAME_RGB_SCALE) -> None:
     torch.save(state, synthesis_pt)
 
 
+def head_gradient_cosine(G, head, side: int, target, fit) -> float:
+    """Cosine between the coarse proxy's gradient and the true gradient of ``100 * L2`` with respect
+    to ``ws``, at the search's first start (seed 0): how well steps through the head point the way
+    full steps would (1 = the same direction; about 0 = no better than a random direction)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pulse_sr.degradations.bicubic import BicubicDownsample
+    from pulse_sr.search.latents import initial_state
+    from pulse_sr.search.settings import SearchSettings
+
+    start = initial_state(G, SearchSettings(), n=1, seed=0, device=torch.device("cpu"), gaussian_fit=fit)
+    ws0 = start.latent
+    if fit is not None:
+        ws0 = F.leaky_relu(ws0 * fit[1] + fit[0], negative_slope=0.2)
+    y = target[None]
+    down = BicubicDownsample(G.resolution // y.shape[-1])
+    ws = ws0.clone().requires_grad_(True)
+    true_lr = down((G.synthesis(ws, start.noise) + 1) / 2)
+    (g_true,) = torch.autograd.grad(100 * (true_lr - y).square().mean(), ws)
+    ws = ws0.clone().requires_grad_(True)
+    pred = head.predict(G.synthesis_features(ws, start.noise, side))
+    proxy = pred + (true_lr.detach() - pred.detach())  # the coarse phase's offset: exact value, head's slope
+    (g_proxy,) = torch.autograd.grad(100 * (proxy - y).square().mean(), ws)
+    return float(F.cosine_similarity(g_proxy.flatten(), g_true.flatten(), dim=0))
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -172,7 +199,8 @@ def run_worker(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             side = choose_side(G, cfg["input"], int(overrides.get("coarse_side", 0)))
             head = cached_head(G, side, cfg["input"], gaussian_fit=fit)
-            setup.update(head_seconds=time.perf_counter() - t0, head_side=side, head_rmse=head.rmse)
+            setup.update(head_seconds=time.perf_counter() - t0, head_side=side, head_rmse=head.rmse,
+                         head_gradient_cosine=head_gradient_cosine(G, head, side, planted(G, 0, factor)[1], fit))
 
     # a process's first search pays one-off costs (kernel selection, lazy inits and, with
     # compile=on, torch.compile itself, cached on disk for later processes): timed apart, like the fits
