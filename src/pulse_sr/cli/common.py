@@ -230,8 +230,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             raise UsageError("--faithful contradicts --compile on")
         if values.get("start_pool", 1) > 1:
             raise UsageError(f"--faithful contradicts --start-pool {values['start_pool']}")
-        if values.get("schedule") == "cosine_restart":
-            raise UsageError("--faithful contradicts --schedule cosine_restart (not one of PULSE's schedules)")
+        from pulse_sr.search.settings import PULSE_SCHEDULES  # torch-free module
+
+        if values.get("schedule", PULSE_SCHEDULES[-1]) not in PULSE_SCHEDULES:
+            raise UsageError(f"--faithful contradicts --schedule {values['schedule']} (not one of PULSE's schedules)")
         values["compile"] = "off"
     settings = SearchSettings(**values)
     try:

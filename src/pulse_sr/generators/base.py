@@ -135,16 +135,8 @@ def state_dict_mismatch(state: "dict[str, Tensor] | object", module: nn.Module) 
 def file_sha256(*paths: "str | bytes | object") -> str:
     """SHA-256 over the bytes of one or more files, in the given order (hex); one file's hash is
     remembered while the file is unchanged (:mod:`pulse_sr.io.hashing`)."""
-    import hashlib
-    from pathlib import Path
+    from pulse_sr.io.hashing import sha256_file, sha256_of_files
 
     if len(paths) == 1:
-        from pulse_sr.io.hashing import sha256_file
-
-        return sha256_file(Path(paths[0]))  # type: ignore[arg-type]
-    h = hashlib.sha256()
-    for p in paths:
-        with open(Path(p), "rb") as f:  # type: ignore[arg-type]
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+        return sha256_file(paths[0])  # type: ignore[arg-type]
+    return sha256_of_files(*paths)  # type: ignore[arg-type]

@@ -21,18 +21,24 @@ def _identity(path: "str | os.PathLike[str]") -> tuple[str, int, int, int, int]:
     return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def sha256_of_files(*paths: "str | os.PathLike[str]") -> str:
+    """SHA-256 (hex) over the bytes of the files in the given order, read in 1 MiB blocks, not remembered."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def sha256_file(path: "str | os.PathLike[str]") -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks (once per unchanged file and process)."""
+    """SHA-256 (hex) of a file's bytes (read once per unchanged file and process)."""
     key = _identity(path)
     with _lock:
         known = _memo.get(key)
     if known is not None:
         return known
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_of_files(path)
     if _identity(path) == key:  # not changed while we read it
         with _lock:
             _memo[key] = digest

@@ -9,8 +9,10 @@ if TYPE_CHECKING:  # torch stays out of import time, so the CLI's --help is fast
     from torch import Tensor
 
 OPTIMIZERS = ("adam", "sgd", "sgdm", "adamax")
-#: PULSE's three, and ``cosine_restart`` (opt-in; see search/schedules.py)
-SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop", "cosine_restart")
+#: the original code's lr schedules
+PULSE_SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
+#: PULSE's and ``cosine_restart`` (opt-in; see search/schedules.py)
+SCHEDULES = (*PULSE_SCHEDULES, "cosine_restart")
 NOISE_TYPES = ("trainable", "fixed", "zero")
 #: ``faithful``: the original loop, every step through the full network. ``fast``: coarse-to-fine
 #: (most steps through a synthesis truncated at ``coarse_side`` plus a fitted linear head, the
