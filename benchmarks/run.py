@@ -121,21 +121,17 @@ def head_gradient_cosine(G, head, side: int, target, fit) -> float:
     import torch
     import torch.nn.functional as F
 
-    from pulse_sr.degradations.bicubic import BicubicDownsample
-    from pulse_sr.search.latents import initial_state
+    from pulse_sr.search.pulse import Search
     from pulse_sr.search.settings import SearchSettings
 
-    start = initial_state(G, SearchSettings(), n=1, seed=0, device=torch.device("cpu"), gaussian_fit=fit)
-    ws0 = start.latent
-    if fit is not None:
-        ws0 = F.leaky_relu(ws0 * fit[1] + fit[0], negative_slope=0.2)
-    y = target[None]
-    down = BicubicDownsample(G.resolution // y.shape[-1])
+    search = Search(G, target, n=1, seed=0, settings=SearchSettings(), device=None, gaussian_fit=fit,
+                    callback=None, callback_images=False)
+    ws0, y = search.to_ws(search.latent.detach()), search.target
     ws = ws0.clone().requires_grad_(True)
-    true_lr = down((G.synthesis(ws, start.noise) + 1) / 2)
+    true_lr = search.downsample((search.G.synthesis(ws, search.noise) + 1) / 2)
     (g_true,) = torch.autograd.grad(100 * (true_lr - y).square().mean(), ws)
     ws = ws0.clone().requires_grad_(True)
-    pred = head.predict(G.synthesis_features(ws, start.noise, side))
+    pred = head.predict(search.G.synthesis_features(ws, search.noise, side))
     proxy = pred + (true_lr.detach() - pred.detach())  # the coarse phase's offset: exact value, head's slope
     (g_proxy,) = torch.autograd.grad(100 * (proxy - y).square().mean(), ws)
     return float(F.cosine_similarity(g_proxy.flatten(), g_true.flatten(), dim=0))

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Step-size schedules that might reach eps in fewer steps, against PULSE's, at 1024.
 
-Exploratory: ``restart40`` at 100 steps is pulse-sr's opt-in ``cosine_restart``; the others
-are not in pulse-sr (each missed eps on a problem PULSE's ``linear1cycledrop`` solves). Each
-is registered for this process only and
+Exploratory: ``cosine_restart`` is pulse-sr's opt-in schedule (the recorded run of
+``results/schedules-stylegan1-tame.json`` calls it ``restart40``, its name before it moved into
+pulse-sr: the same multipliers at 100 steps); the others are not in pulse-sr (each missed eps on
+a problem PULSE's ``linear1cycledrop`` solves) and are registered for this process only. All are
 run through the compiled faithful loop (``lean_memory``, ``compile="on"``) on the
 ``stylegan1-tame`` planted problems of ``run.py``, one candidate, seed 0.
 
@@ -26,9 +27,6 @@ from pathlib import Path
 from bench_engine import planted
 from run import DEFAULT_REFERENCE, machine_info, quiet_noise, tame_rgb
 
-HERE = Path(__file__).resolve().parent
-
-
 def cos40(t: int, steps: int) -> float:
     """Cosine from 1 to 0.01 over 40 steps, then 0.01."""
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 40) / 40))
@@ -44,17 +42,9 @@ def warm5exp(t: int, steps: int) -> float:
     return 0.2 + 0.8 * t / 5 if t < 5 else 0.93 ** (t - 5)
 
 
-def restart40(t: int, steps: int) -> float:
-    """``cos40`` for 40 steps, then one more cosine from 0.5 down to 0.001 over the rest."""
-    if t < 40:
-        return cos40(t, steps)
-    u = (t - 40) / max(steps - 40, 1)
-    return 0.001 + (0.5 - 0.001) * 0.5 * (1 + math.cos(math.pi * u))
-
-
-SCHEDULES = {f.__name__: f for f in (cos40, flat15exp, warm5exp, restart40)}
+SCHEDULES = {f.__name__: f for f in (cos40, flat15exp, warm5exp)}
 #: (label, settings overrides): PULSE's schedule first, as the baseline
-TRIALS = {"linear1cycledrop": {}, **{name: {"schedule": name} for name in SCHEDULES}}
+TRIALS = {"linear1cycledrop": {}, **{name: {"schedule": name} for name in (*SCHEDULES, "cosine_restart")}}
 
 
 def main(argv: list[str] | None = None) -> int:

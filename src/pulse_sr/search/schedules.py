@@ -26,7 +26,7 @@ def linear1cycledrop(t: int, steps: int) -> float:
 def cosine_restart(t: int, steps: int) -> float:
     """Not PULSE's: a cosine from 1 down to 0.01 over the first 40% of steps, then a warm restart,
     a cosine from 0.5 down to 0.001 over the rest. Reaches eps sooner on most planted problems of
-    ``benchmarks/schedules.py``, where it is ``restart40``; the restart catches those the first
+    ``benchmarks/schedules.py`` (recorded there as ``restart40``); the restart catches those the first
     cycle leaves short."""
     first = 0.4 * steps
     if t < first:

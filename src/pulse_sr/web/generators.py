@@ -152,7 +152,7 @@ class GeneratorCache:
         Entries already offered stay as they are (a loaded generator is kept); new ones are
         appended. Returns the entries by name.
         """
-        fresh = [e for e in zoo_generators() if self.allowed is None or e.name in self.allowed]
+        fresh = list_generators(self.allowed)
         with self._guard:
             for entry in fresh:
                 if entry.name not in self.entries:
