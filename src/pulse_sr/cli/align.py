@@ -23,7 +23,7 @@ from typing import Any
 
 from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of this module's API
     NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, err, generator_from_args,
-    int_at_least, json_safe, out, prepare_jobs, resolve_device, run_jobs, settings_from_args, strip_name, version,
+    int_at_least, json_safe, out, output_name, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, strip_name, version,
 )
 
 #: images smaller than this (longer side) are taken as aligned faces without detection
@@ -233,7 +233,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     framing = framing_for(generator.name)
     size = _resolve_size(args, resolution)
     outdir = Path(args.outdir)
-    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / f"{p.stem}.json")
+    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / f"{output_name(p)}.json")
 
     def one(job: Job) -> None:
         _align_one(job, args, generator, framing, size, outdir)
@@ -244,11 +244,12 @@ def cmd_align(args: argparse.Namespace) -> int:
 def _align_one(job: Job, args: argparse.Namespace, generator: Any, framing: Any, size: int,
                outdir: Path) -> None:
     import json
+    import re
 
     from pulse_sr.io.files import atomic_write_json
     from pulse_sr.io.images import save_png
 
-    path, stem = job.path, job.path.stem
+    path, stem = job.path, output_name(job.path)
     record_path = outdir / f"{stem}.json"
     if record_path.exists() and not args.overwrite:
         job.status = "skipped"
@@ -297,9 +298,11 @@ def _align_one(job: Job, args: argparse.Namespace, generator: Any, framing: Any,
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(record_path, json_safe(record))
+    own = re.compile(rf"(aligned/)?{re.escape(stem)}_face_\d+\.png")  # this photo's files, nobody else's
     for name in old_files:  # faces of an earlier run that this one no longer has (--overwrite)
         p = outdir / name
-        if p.is_file() and p.resolve().parent in (outdir.resolve(), (outdir / "aligned").resolve()):
+        if (isinstance(name, str) and own.fullmatch(name) and p.is_file() and not p.is_symlink()
+                and p.resolve().parent in (outdir.resolve(), (outdir / "aligned").resolve())):
             p.unlink()
     job.status, job.converged = "done", True
     if not args.quiet:
@@ -335,7 +338,7 @@ def restore_main(args: argparse.Namespace) -> int:
     announce_compile(settings, generator, quiet=args.quiet)
     framing = framing_for(generator.name)
     outdir = Path(args.outdir)
-    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)
+    jobs, failures = prepare_jobs(args, outdir, lambda p: result_dir(outdir, p))
 
     def one(job: Job) -> None:
         _restore_one(job, args, generator, settings, device, framing, size, outdir)
@@ -352,7 +355,7 @@ def _restore_one(job: Job, args: argparse.Namespace, generator: Any, settings: A
     from pulse_sr.search.pulse import pulse_search, resolve_settings
 
     path = job.path
-    final = outdir / path.stem
+    final = result_dir(outdir, path)
     if already_done(job, final, overwrite=args.overwrite):
         return
 

@@ -269,15 +269,30 @@ def prepare_jobs(args: argparse.Namespace, outdir: Path, key: Any) -> tuple[list
         err(f"error: {where}: {problem}")
     seen: dict[str, Path] = {}
     for job in jobs:
-        k = job.path.stem.casefold()
+        k = output_name(job.path).casefold()
         if k in seen:
-            job.status, job.error = "failed", (f"same output name {job.path.stem!r} as {seen[k]} (both would "
+            job.status, job.error = "failed", (f"same output name {output_name(job.path)!r} as {seen[k]} (both would "
                                                f"write {key(job.path)}); rename one")
             err(f"error: {job.path}: {job.error}")
             failures.append((str(job.path), job.error))
         else:
             seen[k] = job.path
     return jobs, failures
+
+
+def output_name(path: Path) -> str:
+    """The name of an input's results in OUTDIR: its stem, made safe (never ``.``, ``..``, hidden
+    or empty: see :func:`pulse_sr.io.files.result_name`)."""
+    from pulse_sr.io.files import result_name
+
+    return result_name(path.stem)
+
+
+def result_dir(outdir: Path, path: Path) -> Path:
+    """``OUTDIR/<output_name>``: always a direct child of ``outdir``."""
+    from pulse_sr.io.files import child_path
+
+    return child_path(outdir, output_name(path))
 
 
 def run_jobs(jobs: list[Job], failures: list[tuple[str, str]], one: Any,

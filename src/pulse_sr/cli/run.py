@@ -9,8 +9,8 @@ from typing import Any, Callable, Sequence
 
 from pulse_sr.cli.common import (
     NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, err, generator_from_args,
-    int_at_least, json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, run_jobs,
-    settings_from_args, strip_name, version,
+    int_at_least, json_safe, layer_list, out, positive_float, prepare_jobs, resolve_device, result_dir,
+    run_jobs, settings_from_args, strip_name, version,
 )
 from pulse_sr.search.settings import (  # torch-free module
     COMPILE,
@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce_compile(settings, generator, quiet=args.quiet)
 
     outdir = Path(args.outdir)
-    jobs, failures = prepare_jobs(args, outdir, lambda p: outdir / p.stem)
+    jobs, failures = prepare_jobs(args, outdir, lambda p: result_dir(outdir, p))
     return run_jobs(jobs, failures, lambda job: _run_one(job, args, generator, settings, device, outdir))
 
 
@@ -146,7 +146,7 @@ def _run_one(job: Job, args: argparse.Namespace, generator: Any, settings: Any,
     from pulse_sr.search.pulse import pulse_search
 
     path = job.path
-    final = outdir / path.stem
+    final = result_dir(outdir, path)
     if already_done(job, final, overwrite=args.overwrite):
         return
 

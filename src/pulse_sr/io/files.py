@@ -19,6 +19,33 @@ from typing import Callable, Any, Iterator
 
 PARTIAL_TAG = ".partial-"
 OLD_TAG = ".old-"
+# Names Windows reserves for devices (with any extension): never used as an output name.
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+def result_name(stem: str) -> str:
+    """A safe folder/file name for an input's results, made from the input's stem.
+
+    Always a fresh child name of the output folder: never empty, ``.``, ``..``, hidden
+    (a leading dot could pose as a staging folder), with a separator or NUL, or a name
+    Windows reserves. Names that are already safe are returned unchanged, so
+    ``face.png`` still gives ``face``; ``..png`` (stem ``.``) gives ``_.``.
+    """
+    name = "".join("_" if c in "/\\\0" else c for c in stem)
+    if not name or name.startswith("."):
+        name = "_" + name
+    if name.split(".", 1)[0].rstrip(" ").upper() in _RESERVED:
+        name = "_" + name
+    if name[-1] in ". ":  # Windows drops trailing dots and spaces: keep the name distinct there too
+        name += "_"
+    return name
+
+
+def child_path(parent: str | os.PathLike[str], name: str) -> Path:
+    """``parent / name`` after checking that it is a direct child of ``parent`` (ValueError if not)."""
+    if name in ("", ".", "..") or name != os.path.basename(name) or "\0" in name or "/" in name:
+        raise ValueError(f"{name!r} is not a plain file name inside {parent}")
+    return Path(parent) / name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,6 +165,8 @@ def staged_dir(final_dir: str | os.PathLike[str], *, overwrite: bool = False) ->
     """
     final_dir = Path(final_dir)
     parent = final_dir.parent
+    if final_dir.name in ("", ".", "..") or os.path.normpath(final_dir) != str(final_dir):
+        raise ValueError(f"{final_dir}: not a plain folder name to stage")  # never stage over a parent
     parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final_dir)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final_dir.name}{PARTIAL_TAG}{os.getpid()}-"))
