@@ -223,7 +223,7 @@ def detect_mtcnn(photo: np.ndarray, *, min_face: float = DEFAULT_MIN_FACE,
         raise ValueError(f"expected an [H, W, 3] uint8 photo, got {photo.dtype} {list(photo.shape)}")
     h, w = photo.shape[:2]
     scales = pyramid_scales(h, w, min_face, factor)
-    img = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)[None].float()
+    img = torch.tensor(photo).permute(2, 0, 1)[None].float()
     with torch.inference_mode():
         boxes, _ = _proposals(img, scales, thresholds[0])
         boxes, _ = _refine(img, boxes, thresholds[1])
