@@ -76,6 +76,7 @@ def test_missing_weights_name_the_install_line(tmp_path: Path) -> None:
     assert mtcnn_nets.INSTALL_LINE in str(e.value) and e.value.kind == "weights"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_hostile_weights_file_runs_no_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
@@ -166,6 +167,7 @@ def test_no_false_faces(name: str) -> None:
 
 def test_no_faces_in_the_background() -> None:
     assert find_faces(np.asarray(background(640, 300, seed=3)).copy(), detector="mtcnn") == []
+    assert mtcnn.detect_mtcnn(np.full((8, 40, 3), 128, np.uint8)) == []  # below one window
 
 
 def test_aligned_small_face_record(astro: np.ndarray) -> None:

@@ -146,6 +146,9 @@ def _proposals(img: Tensor, scales: list[float], threshold: float) -> tuple[np.n
         iy, ix = np.nonzero(prob >= threshold)
         if iy.size == 0:
             continue
+        if iy.size > 4 * MAX_PROPOSALS:  # bound the suppression's work on textured photos
+            best = np.argsort(-prob[iy, ix], kind="stable")[:4 * MAX_PROPOSALS]
+            iy, ix = iy[best], ix[best]
         kx, ky = sw / w, sh / h  # the actual scale on each axis
         boxes = np.stack([STRIDE * ix / kx, STRIDE * iy / ky,
                           (STRIDE * ix + CELL) / kx, (STRIDE * iy + CELL) / ky], axis=1)
