@@ -309,3 +309,49 @@ def test_only_marked_folders_of_dead_servers_of_this_host_are_removed(tmp_path: 
     finally:
         manager.stop()
     assert not manager.root.exists()
+
+
+# -- issue 14: property test: random bodies give 2xx or a JSON 4xx, never a 500 --------------------
+def test_random_requests_get_json_answers_never_500(tmp_path: Path) -> None:
+    """Random JSON (and random bytes) to ``/api/jobs``, random and mangled image bytes to
+    ``/api/inputs``: every answer is a 2xx, or a 4xx whose body is the API's JSON error."""
+    from hypothesis import given, settings, strategies as st
+
+    leaves = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+              | st.integers(-3, 20))
+    values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=3)
+                          | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=8)
+    fields = st.sampled_from(["n", "steps", "eps", "seed", "resize", "center_crop", "face", "size", "x"])
+    png = rgb_png(16, 16)
+    mangled = st.builds(lambda at, junk, cut: (png[:at] + junk + png[at + len(junk):])[:cut],
+                        st.integers(0, len(png)), st.binary(max_size=16), st.integers(0, len(png)))
+    with app_client(tmp_path, max_queue=2, max_candidates=2, max_steps=3) as (c, _app):
+        iid = upload_id(c)
+        useful = st.sampled_from([iid, "tiny", 1, 2, 8, 16, 1e-3, True, False, None])
+        base = st.fixed_dictionaries({"input_id": st.just(iid) | values, "generator": st.just("tiny") | values})
+        bodies = st.builds(lambda b, extra: {**b, **extra}, base,  # mostly past the input look-up
+                           st.dictionaries(fields, useful | values, max_size=9)) | values
+
+        def check(r: httpx.Response) -> None:
+            assert r.status_code < 500, (r.status_code, r.text)
+            if r.status_code >= 400:
+                error_of(r)
+            else:
+                assert isinstance(r.json(), dict)
+
+        @settings(max_examples=100, deadline=None, database=None)
+        @given(body=bodies, raw=st.none() | st.binary(max_size=64))
+        def jobs(body: Any, raw: bytes | None) -> None:
+            content = raw if raw is not None else json.dumps(body).encode()
+            check(c.post("/api/jobs", content=content, headers=JSON_TYPE))
+
+        @settings(max_examples=100, deadline=None, database=None)
+        @given(data=st.binary(max_size=256) | mangled,
+               kind=st.sampled_from(["application/octet-stream", "image/png", "image/x-what", "text/plain", ""]),
+               name=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30))
+        def inputs(data: bytes, kind: str, name: str) -> None:
+            headers = {"X-Filename": name, **({"Content-Type": kind} if kind else {})}
+            check(c.post("/api/inputs", content=data, headers=headers))
+
+        jobs()
+        inputs()

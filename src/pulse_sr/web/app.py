@@ -12,6 +12,13 @@ Routes (all JSON unless noted; refusals are ``{"error": "..."}`` with a 4xx stat
 - ``GET /api/jobs/ID`` status; ``GET /api/jobs/ID/events`` server-sent events (``update``
   with status, new loss-curve points and live previews; ``end`` once finished)
 - ``POST /api/jobs/ID/cancel``; ``GET /api/jobs/ID/files/NAME``; ``GET /api/jobs/ID/results.zip``
+
+Refusals: 400 malformed request or unusable input; 403 cross-site request (foreign ``Origin``
+or ``Sec-Fetch-Site``); 404 unknown id or name; 409 no results yet; 413 body too large
+(uploads: ``max_upload_mb``; ``/api/jobs``: ``max_json_kb``); 415 wrong content type (uploads:
+``application/octet-stream`` or ``image/*``, other POSTs ``application/json``) or not an
+image; 429 queue full or ``max_stored_files`` uploads stored; 503 generator cannot be loaded
+or server stopping; 507 ``max_stored_mb`` of uploads stored. See :mod:`pulse_sr.web.guard`.
 """
 from __future__ import annotations
 
