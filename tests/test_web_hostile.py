@@ -173,6 +173,26 @@ def test_cross_site_requests_are_refused(tmp_path: Path) -> None:
         assert c.get("/api/config", headers={"Host": "[::1]:8000"}).status_code == 200
 
 
+def test_origin_and_host_comparison() -> None:
+    """Origins compare as scheme, host and port (default ports written out); IPv6 hosts keep
+    their brackets; an opaque origin (``null``) is foreign."""
+    from pulse_sr.web.guard import LOOPBACK, check_request, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "127.0.0.1", "[::1]")] == \
+        ["[::1]", "localhost", "127.0.0.1", "[::1]"]
+    ok = {"content-type": "application/json"}
+    for host, origin, refused in [("127.0.0.1:80", "http://127.0.0.1", False),
+                                  ("localhost:8000", "http://LOCALHOST:8000/", False),
+                                  ("[::1]:8000", "http://[::1]:8000", False),
+                                  ("127.0.0.1:8000", "https://127.0.0.1:8000", True),
+                                  ("127.0.0.1:8000", "http://127.0.0.1:8001", True),
+                                  ("127.0.0.1:8000", "null", True)]:
+        got = check_request("POST", "/api/jobs", "http", {"host": host, "origin": origin, **ok}, LOOPBACK)
+        assert (got is not None and got[0] == 403) == refused, (host, origin, got)
+    assert check_request("GET", "/", "http", {"host": "evil.example"}, LOOPBACK)[0] == 400
+    assert check_request("GET", "/", "http", {"host": "evil.example"}, None) is None
+
+
 def test_the_page_sends_acceptable_requests() -> None:
     """Every POST in static/app.js names a content type the server accepts for its route."""
     js = (STATIC_DIR / "app.js").read_text()
