@@ -115,9 +115,10 @@ class SearchSettings:
 class Candidate:
     """One face found by the search, with its own proof.
 
-    hr: [3, R, R] in [0, 1]; lr: [3, h, w] in [0, 1] = bicubic_downsample(hr);
-    l2: mean squared error between lr and the input (both in [0, 1]);
-    converged: l2 <= eps.
+    hr: [3, R, R] in [0, 1]; lr: [C, h, w] in [0, 1] = the search's operator applied to hr
+    (PULSE's bicubic downscale by default); l2: mean squared error between lr and the input
+    (both in [0, 1]; over the known pixels when the search had a mask); converged: l2 <= the
+    match threshold (``SearchResult.eps``).
     """
 
     index: int
@@ -151,10 +152,12 @@ class Candidate:
 class SearchResult:
     """All candidates of one search, batched.
 
-    hr [n, 3, R, R] and lr [n, 3, h, w] in [0, 1]; latents [n, L, w_dim] (the
-    search variable on its sphere; L = num_ws, or 1 when tiled); ws [n, num_ws, w_dim]
-    (what synthesis received); l2 [n]; converged [n] bool; steps [n];
-    loss_history / l2_history [steps_run, n] (nan once a candidate stopped).
+    hr [n, 3, R, R] and lr [n, C, h, w] in [0, 1] (lr = the operator applied to hr); target
+    [C, h, w]; latents [n, L, w_dim] (the search variable on its sphere; L = num_ws, or 1 when
+    tiled); ws [n, num_ws, w_dim] (what synthesis received); l2 [n]; converged [n] bool
+    (l2 <= eps, the input's match threshold: ``settings.eps`` unless a noise model raised it);
+    steps [n]; loss_history / l2_history [steps_run, n] (nan where a candidate did not run or its
+    true L2 was not measured: after it stopped, and between the coarse phase's refreshes).
     """
 
     target: Tensor
@@ -211,10 +214,13 @@ class SearchResult:
 class StepInfo:
     """What the progress callback sees after each step.
 
-    step: 1-based step just finished; l2 [n] current per-candidate L2 (best so far);
-    converged [n] bool; active [n] bool (still optimising); hr: [n, 3, R, R] in [0, 1]
-    current best image of each candidate (detached, on CPU), only when the caller
-    asked for images.
+    step: 1-based step just finished; l2 [n]: each candidate's L2 *at this step* (of the clamped
+    full-network image; not the best so far, and not monotone), nan where it was not measured this
+    step (candidates that stopped before it, and coarse steps between refreshes); best_l2 [n]: the
+    L2 of each candidate's best state so far (inf before its first measurement); converged [n]
+    bool: best state within the threshold; active [n] bool (still optimising); hr: [n, 3, R, R] in
+    [0, 1], only when the caller asked for images: this step's image for candidates measured at
+    this step, else the best so far (detached, on CPU).
     """
 
     step: int
