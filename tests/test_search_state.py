@@ -259,3 +259,14 @@ def test_search_modules_form_no_import_cycle() -> None:
         visit(m, [])
     # the phases sit on the state, never the other way round
     assert "pulse" not in graph["coarse"] and "coarse" not in graph["state"] and "pulse" not in graph["state"]
+
+
+def test_impossible_settings_are_structured_errors() -> None:
+    from pulse_sr.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="lr must be positive") as e:
+        validate_settings(SearchSettings(lr=-1.0))
+    assert e.value.kind == "settings" and e.value.data["field"] == "lr" and e.value.data["value"] == -1.0
+    with pytest.raises(ValueError, match="unknown loss term") as e:  # still a ValueError, as before
+        validate_settings(SearchSettings(loss="100*L3"))
+    assert e.value.data["field"] == "loss" and json.dumps(e.value.data)

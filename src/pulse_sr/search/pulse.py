@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from pulse_sr.degradations.base import Degradation
+from pulse_sr.errors import SettingsError
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.coarse import coarse_applies, run_coarse_phase, supports_coarse
 from pulse_sr.search.losses import parse_loss
@@ -59,41 +60,62 @@ __all__ = [
 CHUNK_MIN_RESOLUTION = 512
 
 
+def _bad(field: str, settings: SearchSettings, message: str) -> SettingsError:
+    """The structured error for an impossible value of ``field``."""
+    value = getattr(settings, field)
+    safe = list(value) if isinstance(value, tuple) else value
+    if not isinstance(safe, (str, int, float, bool, list, type(None))):
+        safe = repr(value)
+    return SettingsError(message, field=field, value=safe, problem=message)
+
+
 def validate_settings(settings: SearchSettings) -> None:
-    """Raise ValueError with a clear message for impossible settings."""
+    """Raise :class:`~pulse_sr.errors.SettingsError` (a ValueError; ``data``: ``field``, ``value``,
+    ``problem``) with a clear message for impossible settings."""
     if not isinstance(settings.steps, int) or settings.steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {settings.steps!r}")
+        raise _bad("steps", settings, f"steps must be a positive integer, got {settings.steps!r}")
     if not settings.eps > 0:
-        raise ValueError(f"eps must be positive, got {settings.eps!r}")
+        raise _bad("eps", settings, f"eps must be positive, got {settings.eps!r}")
     if not settings.lr > 0:
-        raise ValueError(f"lr must be positive, got {settings.lr!r}")
+        raise _bad("lr", settings, f"lr must be positive, got {settings.lr!r}")
     if settings.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        raise _bad("optimizer", settings,
+                   f"unknown optimizer {settings.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if settings.noise not in NOISE_TYPES:
-        raise ValueError(f"unknown noise type {settings.noise!r}; known: {', '.join(NOISE_TYPES)}")
+        raise _bad("noise", settings,
+                   f"unknown noise type {settings.noise!r}; known: {', '.join(NOISE_TYPES)}")
     if settings.num_trainable_noise < 0:
-        raise ValueError("num_trainable_noise must be >= 0")
+        raise _bad("num_trainable_noise", settings, "num_trainable_noise must be >= 0")
     if settings.mode not in MODES:
-        raise ValueError(f"unknown mode {settings.mode!r}; known: {', '.join(MODES)}")
+        raise _bad("mode", settings, f"unknown mode {settings.mode!r}; known: {', '.join(MODES)}")
     if settings.start not in STARTS:
-        raise ValueError(f"unknown start {settings.start!r}; known: {', '.join(STARTS)}")
+        raise _bad("start", settings, f"unknown start {settings.start!r}; known: {', '.join(STARTS)}")
     if not isinstance(settings.coarse_side, int) or settings.coarse_side < 0:
-        raise ValueError(f"coarse_side must be 0 (auto) or a block side, got {settings.coarse_side!r}")
+        raise _bad("coarse_side", settings,
+                   f"coarse_side must be 0 (auto) or a block side, got {settings.coarse_side!r}")
     if not isinstance(settings.coarse_steps, int) or settings.coarse_steps < -1:
-        raise ValueError(f"coarse_steps must be -1 (auto) or >= 0, got {settings.coarse_steps!r}")
+        raise _bad("coarse_steps", settings,
+                   f"coarse_steps must be -1 (auto) or >= 0, got {settings.coarse_steps!r}")
     if not isinstance(settings.max_batch, int) or settings.max_batch < 0:
-        raise ValueError(f"max_batch must be 0 (all candidates at once) or positive, got {settings.max_batch!r}")
+        raise _bad("max_batch", settings,
+                   f"max_batch must be 0 (all candidates at once) or positive, got {settings.max_batch!r}")
     if not isinstance(settings.start_pool, int) or settings.start_pool < 1:
-        raise ValueError(f"start_pool must be a positive integer, got {settings.start_pool!r}")
+        raise _bad("start_pool", settings,
+                   f"start_pool must be a positive integer, got {settings.start_pool!r}")
     if settings.compile not in COMPILE:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE)}, got {settings.compile!r}")
+        raise _bad("compile", settings,
+                   f"compile must be one of {', '.join(COMPILE)}, got {settings.compile!r}")
     if not isinstance(settings.refresh_every, int) or settings.refresh_every < 1:
-        raise ValueError(f"refresh_every must be a positive integer, got {settings.refresh_every!r}")
+        raise _bad("refresh_every", settings,
+                   f"refresh_every must be a positive integer, got {settings.refresh_every!r}")
     names = {f.name for f in dataclasses.fields(SearchSettings)} - {"given"}
     if not isinstance(settings.given, tuple) or not all(g in names for g in settings.given):
-        raise ValueError(f"given must be a tuple of settings field names, got {settings.given!r}")
-    lr_multiplier(settings.schedule)
-    parse_loss(settings.loss)
+        raise _bad("given", settings, f"given must be a tuple of settings field names, got {settings.given!r}")
+    for field, check in (("schedule", lr_multiplier), ("loss", parse_loss)):
+        try:
+            check(getattr(settings, field))
+        except ValueError as e:
+            raise _bad(field, settings, str(e)) from None
 
 
 def pulse_search(
