@@ -270,3 +270,26 @@ def test_impossible_settings_are_structured_errors() -> None:
     with pytest.raises(ValueError, match="unknown loss term") as e:  # still a ValueError, as before
         validate_settings(SearchSettings(loss="100*L3"))
     assert e.value.data["field"] == "loss" and json.dumps(e.value.data)
+
+
+def test_coarse_phase_with_two_inputs_in_one_batch(tiny, tiny_fit) -> None:
+    """The coarse phase runs on a state whose candidates match two inputs; what it returns per input
+    is the full network's image and that image's own downscale against that input."""
+    from pulse_sr.search.coarse import coarse_applies, run_coarse_phase
+
+    dev = torch.device("cpu")
+    ta, tb = planted(tiny, 7, 4), planted(tiny, 8, 4)
+    a = make_observation(ta, 32, threshold=2e-3, device=dev)
+    b = make_observation(tb, 32, threshold=2e-3, device=dev)
+    settings = SearchSettings(steps=20, mode="fast", refresh_every=3)
+    state = SearchState(tiny, [a, a, b, b], seed=1, settings=settings, device=dev, gaussian_fit=tiny_fit)
+    assert coarse_applies(state)
+    start = run_coarse_phase(state)
+    assert 0 < start < 20 and int(state.full_steps.max()) >= 1
+    for step in range(start, 20):
+        full_step(state, step)
+    for rows, target in ((torch.tensor([0, 1]), ta), (torch.tensor([2, 3]), tb)):
+        res = state.result(rows)
+        assert torch.equal(res.target, target)
+        own = (bicubic_downsample(res.hr, 4) - target[None]).pow(2).mean(dim=(1, 2, 3))
+        assert torch.allclose(own, res.l2, rtol=1e-6, atol=0)

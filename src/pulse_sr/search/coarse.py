@@ -96,7 +96,7 @@ def _refresh(state: SearchState, head: CoarseHead, side: int, step: int, active:
             img, feat = state.G.synthesis_with_features(ws, noise, side)
             hr = (img + 1) / 2
             del img
-            (lr_true,) = state.degrade(part, hr)  # one group: coarse_applies saw one operator kind
+            lr_true = state.degrade_joined(part, hr)  # one size: coarse_applies checked it
             total = state.loss(part, lr_true, ws)
             offset = lr_true - head.predict(feat)
         hrs.append(hr.clone())  # plain tensors from here on

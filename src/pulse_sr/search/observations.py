@@ -87,6 +87,16 @@ def per_row(groups: list[Group], rows: int, value: Callable[[Tensor | None, Obse
     return out
 
 
+def join_rows(groups: list[Group], rows: int, values: list[Tensor]) -> Tensor:
+    """One ``[rows, ...]`` tensor from per-group values (all of one shape past the first dim)."""
+    if len(groups) == 1 and groups[0][0] is None:
+        return values[0]
+    out = values[0].new_empty((rows, *values[0].shape[1:]))
+    for (pos, _), v in zip(groups, values):
+        out[pos] = v
+    return out
+
+
 def prepare_target(target: Tensor, resolution: int) -> tuple[Tensor, int]:
     """``target [3, h, w]`` or ``[1, 3, h, w]`` in [0, 1] -> (``[1, 3, h, w]`` float32, factor)."""
     if target.ndim == 3:

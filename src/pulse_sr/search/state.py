@@ -29,7 +29,7 @@ from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.compiled import synthesis_for
 from pulse_sr.search.latents import best_of_pool, initial_state
 from pulse_sr.search.losses import evaluate_loss, parse_loss
-from pulse_sr.search.observations import Observation, group_rows, per_row, take
+from pulse_sr.search.observations import Observation, group_rows, join_rows, per_row, take
 from pulse_sr.search.schedules import lr_multiplier
 from pulse_sr.search.settings import OPTIMIZERS, SearchResult, SearchSettings, StepInfo
 from pulse_sr.search.sphere import latent_dims, noise_dims, project_to_sphere_, sphere_norm
@@ -147,6 +147,12 @@ class SearchState:
         """Each candidate's operator on its image ``hr [B, 3, R, R]``: one ``[b, C, h, w]`` per group
         of candidates sharing an observation (see :func:`~pulse_sr.search.observations.group_rows`)."""
         return [obs.operator(take(hr, pos)) for pos, obs in group_rows(self.observations, part, self.dev)]
+
+    def degrade_joined(self, part: Tensor, hr: Tensor) -> Tensor:
+        """:meth:`degrade` as one ``[B, C, h, w]`` tensor, rows in ``part``'s order (every candidate's
+        observation of one size; not differentiable across groups of several inputs)."""
+        groups = group_rows(self.observations, part, self.dev)
+        return join_rows(groups, part.numel(), self.degrade(part, hr))
 
     def loss(self, part: Tensor, lr: Tensor | list[Tensor], ws: Tensor) -> Tensor:
         """Total loss ``[B]`` of candidates ``part`` from their observations ``lr`` (per group as
