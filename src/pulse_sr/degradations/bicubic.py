@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pulse_sr.degradations.base import Degradation
+
 
 def _keys_cubic(t: float, a: float = -0.5) -> float:
     t = abs(t)
@@ -85,10 +87,11 @@ def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
     return _downsample_with(x, bicubic_kernel_1d(factor), factor)
 
 
-class BicubicDownsample(nn.Module):
+class BicubicDownsample(nn.Module, Degradation):
     """Module form of :func:`bicubic_downsample`; the kernel is a buffer, so
-    ``.to(device)`` moves it."""
+    ``.to(device)`` moves it. The ``bicubic`` operator of the registry."""
 
+    name = "bicubic"
     kernel: Tensor
 
     def __init__(self, factor: int) -> None:
@@ -101,6 +104,12 @@ class BicubicDownsample(nn.Module):
         if self.factor == 1:
             return x
         return _downsample_with(x, self.kernel, self.factor)
+
+    def params(self) -> dict[str, int]:
+        return {"factor": self.factor}
+
+    def output_size(self, resolution: int) -> int:
+        return resolution // self.factor
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
