@@ -181,4 +181,4 @@ def test_tiny_or_flat_images_are_not_mosaics() -> None:
     assert detect_mosaic(np.full((64, 64, 3), 128, dtype=np.uint8)) is None
     assert detect_mosaic(np.zeros((6, 6, 3), dtype=np.uint8)) is None
     with pytest.raises(ValueError):
-        detect_mosaic(np.zeros((8, 8, 2)))
+        detect_mosaic(np.zeros((8, 8, 5)))

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pulse_sr.degradations.arrays import as_float_image, luma_levels
+
 #: a grid line must carry a mean jump of at least this many 8-bit levels (per axis):
 #: below it a grid is indistinguishable from the rounding steps of a smooth gradient
 #: (one level) plus JPEG's own 8x8 block edges (about one level at q 70)
@@ -79,29 +81,6 @@ class Mosaic:
             "stats": {k: float(v) for k, v in self.stats.items()},
             "description": self.describe(),
         }
-
-
-def as_float_image(img: np.ndarray) -> np.ndarray:
-    """HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped), uint8 or float in [0, 1] -> HxWxC float64."""
-    a = np.asarray(img)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {a.shape}")
-    if a.shape[2] == 4:
-        a = a[:, :, :3]
-    if a.dtype == np.uint8:
-        return a.astype(np.float64) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float64) / 65535.0
-    return a.astype(np.float64)
-
-
-def luma_levels(img: np.ndarray) -> np.ndarray:
-    """HxWxC float [0, 1] -> HxW BT.601 luma in 8-bit levels (0..255)."""
-    if img.shape[2] == 1:
-        return img[:, :, 0] * 255.0
-    return (img[:, :, :3] @ np.array([0.299, 0.587, 0.114])) * 255.0
 
 
 def _axis_phase(profile: np.ndarray, k: int) -> tuple[int, float, float, float]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pulse_sr.degradations.mosaic import as_float_image
+from pulse_sr.degradations.arrays import as_float_image
 
 #: estimates below this (0..1 scale) are reported as 0: see the module docstring
 DETECTION_LIMIT = 4.0 / 255
