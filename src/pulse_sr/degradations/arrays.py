@@ -21,7 +21,7 @@ def as_float_image(img: np.ndarray) -> np.ndarray:
         return a.astype(np.float64) / 255.0
     if a.dtype == np.uint16:
         return a.astype(np.float64) / 65535.0
-    return a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
 
 
 def luma_levels(img: np.ndarray) -> np.ndarray:
@@ -29,3 +29,14 @@ def luma_levels(img: np.ndarray) -> np.ndarray:
     if img.shape[2] == 1:
         return img[:, :, 0] * 255.0
     return (img[:, :, :3] @ np.array(BT601)) * 255.0
+
+
+#: statistics (noise, colour) look at most this many px per side: a central crop
+MAX_STAT_SIDE = 512
+
+
+def central_crop(a: np.ndarray, max_side: int = MAX_STAT_SIDE) -> np.ndarray:
+    """The central ``max_side x max_side`` part of HxW[xC] ``a`` (all of it when smaller)."""
+    h, w = a.shape[:2]
+    top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    return a[top : top + max_side, left : left + max_side]

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from pulse_sr.degradations.arrays import as_float_image
+from pulse_sr.degradations.arrays import as_float_image, central_crop
 from pulse_sr.degradations.noise import robust_scale
 
 #: Pillow modes that are black and white
@@ -37,8 +37,9 @@ def _block_means(c: np.ndarray, b: int) -> np.ndarray:
 
 def chroma_excess(img: np.ndarray) -> float:
     """How far the image's block-averaged colour exceeds what grey + noise explains
-    (8-bit levels above the allowance; <= 0 for grey). HxWx3 uint8 or float."""
-    x = as_float_image(img) * 255.0
+    (8-bit levels above the allowance; <= 0 for grey). HxWx3 uint8 or float; a large image
+    is judged on its central 512 px."""
+    x = as_float_image(central_crop(np.asarray(img))) * 255.0
     if x.shape[2] == 1:
         return -math.inf
     r, g, bl = x[:, :, 0], x[:, :, 1], x[:, :, 2]

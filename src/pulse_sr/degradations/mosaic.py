@@ -104,37 +104,42 @@ def _passes(stats: tuple[int, float, float, float]) -> bool:
     return contrast >= MIN_CONTRAST and mean_ratio <= MAX_MEAN_RATIO and peak_ratio <= MAX_PEAK_RATIO
 
 
-def _cell_edges(side: int, k: int, start: int) -> list[tuple[int, int]]:
-    """[begin, end) of each cell along an axis whose first full block starts at ``start``."""
-    edges = [0] if start > 0 else []
-    edges += list(range(start, side, k))
-    return [(b, min(e, side)) for b, e in zip(edges, edges[1:] + [side])]
-
-
-def _trim(b: int, e: int, side: int, t: int) -> tuple[int, int]:
-    """Drop ``t`` px next to grid lines (not next to the image border) where the cell allows."""
-    lo = b + (t if b > 0 else 0)
-    hi = e - (t if e < side else 0)
-    return (lo, hi) if hi - lo >= 1 else (b, e)
+def _axis_cells(side: int, k: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel along an axis whose first full block starts at ``start``: its cell index,
+    whether it lies in the cell's core (``k // 4`` px away from grid lines, not from the
+    image border), and each cell's width."""
+    idx = np.arange(side)
+    cell = (idx - start) // k + (1 if start > 0 else 0)
+    begin = np.where(idx < start, 0, start + ((idx - start) // k) * k)
+    end = np.minimum(np.where(idx < start, start, begin + k), side)
+    t = k // 4  # JPEG ringing and chroma bleed hug the grid lines; means use the cell's core
+    lo = begin + np.where(begin > 0, t, 0)
+    hi = end - np.where(end < side, t, 0)
+    core = (idx >= lo) & (idx < hi)
+    widths = np.bincount(cell)
+    return cell, core, widths
 
 
 def _grid(img: np.ndarray, y: np.ndarray, k: int, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block means [rows, cols, C], the luma RMS in each cell and whether each cell is full."""
+    """Block means [rows, cols, C] (over each cell's core; the whole cell where the core is
+    empty), the luma RMS about the mean in each cell's core, and whether each cell is full."""
     h, w = y.shape
-    rows, cols = _cell_edges(h, k, dy), _cell_edges(w, k, dx)
-    t = k // 4  # JPEG ringing and chroma bleed hug the grid lines; means use the cell's core
-    grid = np.zeros((len(rows), len(cols), img.shape[2]))
-    rms = np.zeros((len(rows), len(cols)))
-    full = np.zeros((len(rows), len(cols)), dtype=bool)
-    for i, (r0, r1) in enumerate(rows):
-        tr0, tr1 = _trim(r0, r1, h, t)
-        for j, (c0, c1) in enumerate(cols):
-            tc0, tc1 = _trim(c0, c1, w, t)
-            grid[i, j] = img[tr0:tr1, tc0:tc1].reshape(-1, img.shape[2]).mean(axis=0)
-            cell = y[tr0:tr1, tc0:tc1]
-            rms[i, j] = float(np.sqrt(((cell - cell.mean()) ** 2).mean()))
-            full[i, j] = (r1 - r0) == k and (c1 - c0) == k
-    return grid, rms, full
+    rcell, rcore, rwidth = _axis_cells(h, k, dy)
+    ccell, ccore, cwidth = _axis_cells(w, k, dx)
+    rows, cols = rwidth.size, cwidth.size
+    cell = (rcell[:, None] * cols + ccell[None, :]).ravel()
+    core = (rcore[:, None] & ccore[None, :]).ravel()
+    n_core = np.bincount(cell[core], minlength=rows * cols)
+    use = core | (n_core[cell] == 0)  # a cell too thin for a core uses all its pixels
+    n = np.bincount(cell[use], minlength=rows * cols).astype(np.float64)
+    flat = img.reshape(-1, img.shape[2])
+    grid = np.stack([np.bincount(cell[use], weights=flat[use, c], minlength=rows * cols) for c in range(flat.shape[1])], -1)
+    grid /= n[:, None]
+    yv = y.ravel()[use]
+    mean_y = np.bincount(cell[use], weights=yv, minlength=rows * cols) / n
+    var_y = np.bincount(cell[use], weights=(yv - mean_y[cell[use]]) ** 2, minlength=rows * cols) / n
+    full = (rwidth[:, None] == k) & (cwidth[None, :] == k)
+    return grid.reshape(rows, cols, -1), np.sqrt(var_y).reshape(rows, cols), full
 
 
 def _explained(y: np.ndarray, k: int, dx: int, dy: int) -> float:

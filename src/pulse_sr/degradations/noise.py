@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pulse_sr.degradations.arrays import as_float_image
+from pulse_sr.degradations.arrays import MAX_STAT_SIDE, as_float_image, central_crop
 
 #: estimates below this (0..1 scale) are reported as 0: see the module docstring
 DETECTION_LIMIT = 4.0 / 255
@@ -111,8 +111,9 @@ def _haar_bands(a: np.ndarray) -> list[np.ndarray]:
 
 
 def estimate_noise(img: np.ndarray) -> NoiseEstimate:
-    """Estimate the noise sigma (0..1 scale) of ``img``: HxW or HxWx{1,3,4}, uint8 or float."""
-    x = as_float_image(img)
+    """Estimate the noise sigma (0..1 scale) of ``img``: HxW or HxWx{1,2,3,4}, uint8 or float.
+    Images larger than ``MAX_STAT_SIDE`` px a side are estimated on their central crop."""
+    x = as_float_image(central_crop(np.asarray(img), MAX_STAT_SIDE))
     if x.shape[0] < 2 or x.shape[1] < 2:
         return NoiseEstimate(0.0, 0.0, 0, 0)
     sat = ((x <= 0) | (x >= 1)).any(axis=2)
