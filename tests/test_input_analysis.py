@@ -13,6 +13,7 @@ from PIL import Image, ImageEnhance
 from pulse_sr.degradations import make_operator, masked_l2
 from pulse_sr.degradations.detect import LUMA_NOISE_FACTOR, analyse_input
 from pulse_sr.degradations.greyscale import is_grey
+from pulse_sr.errors import SizeError
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -113,6 +114,7 @@ def test_mosaic_of_a_generator_face_is_the_box_target(dcgan) -> None:
     img = jpeg(blocks(grid, 8), 90)
     a = analyse_input(img, 64)
     assert a.kind == "mosaic" and a.operator == "box" and a.factor == 4 and not a.grey
+    a.check_target()  # fits: no error
     assert a.mosaic is not None and a.mosaic.describe() == "mosaic of 8 px blocks detected, offset (0, 0)"
     assert a.reasons[0].endswith("a 16x16 grid of block means")
     target = torch.from_numpy(a.target)[None]
@@ -129,12 +131,22 @@ def test_mosaic_with_a_phase_reports_the_grid_it_found() -> None:
     assert a.kind == "mosaic" and a.mosaic.offset == (4, 3) and a.mosaic.shape == (17, 17)
     assert a.factor is None and not a.target_valid
     assert any("17x17 block grid is not a valid input size (valid: 4, 8, 16, 32)" in r for r in a.reasons)
+    with pytest.raises(SizeError) as err:
+        a.check_target()
+    e = err.value
+    assert e.kind == "size" and e.data["size"] == [17, 17] and e.data["nearest"] == 16
+    assert e.data["valid_sizes"] == [4, 8, 16, 32] and e.data["mosaic"]["k"] == 6
+    assert str(e).startswith("mosaic of 6 px blocks detected, offset (4, 3), showing a 17x17 block grid")
+    json.dumps(e.data)
 
 
 def test_photo_is_a_photo() -> None:
     a = analyse_input(skdata.astronaut(), 64)
     assert a.kind == "photo" and a.operator is None and a.target is None
     assert "a photo" in a.reasons[0]
+    with pytest.raises(SizeError) as err:
+        a.check_target()
+    assert err.value.data["size"] == [512, 512] and err.value.data["nearest"] == 32
 
 
 def test_transparent_pixels_are_unknown_and_report_is_json_safe() -> None:

@@ -19,6 +19,7 @@ from pulse_sr.degradations.bicubic import valid_input_sizes
 from pulse_sr.degradations.greyscale import GREY_MODES, is_grey
 from pulse_sr.degradations.mosaic import Mosaic, detect_mosaic
 from pulse_sr.degradations.noise import DETECTION_LIMIT, NoiseEstimate, estimate_noise
+from pulse_sr.errors import SizeError
 
 #: luma = w . RGB: i.i.d. noise sigma per channel becomes |w| sigma in luma
 LUMA_NOISE_FACTOR = math.sqrt(sum(w * w for w in BT601))
@@ -56,6 +57,28 @@ class InputAnalysis:
     def target_valid(self) -> bool:
         return self.factor is not None
 
+    def check_target(self) -> None:
+        """Raise ``SizeError`` unless the target fits the generator: a photo, or a mosaic whose
+        block grid is not a valid input size (data: ``size`` of the grid, ``valid_sizes``,
+        ``nearest``, ``square``, ``mosaic``)."""
+        if self.kind == "face" or self.target_valid:
+            return
+        if self.mosaic is None:
+            w, h = self.size[1], self.size[0]
+            raise SizeError(
+                f"input is {w}x{h}, not a valid input size for a {self.resolution} px generator, and not a mosaic",
+                size=[w, h], valid_sizes=list(self.valid_sizes), nearest=_nearest(min(w, h), self.valid_sizes),
+                square=w == h, mosaic=None,
+            )
+        rows, cols = self.mosaic.shape
+        sizes = ", ".join(str(s) for s in self.valid_sizes)
+        raise SizeError(
+            f"{self.mosaic.describe()}, showing a {cols}x{rows} block grid; a {self.resolution} px generator "
+            f"takes {sizes} block grids",
+            size=[cols, rows], valid_sizes=list(self.valid_sizes), nearest=_nearest(min(rows, cols), self.valid_sizes),
+            square=rows == cols, mosaic=self.mosaic.to_dict(),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no pixel arrays)."""
         return {
@@ -74,6 +97,13 @@ class InputAnalysis:
             "valid_sizes": list(self.valid_sizes),
             "reasons": list(self.reasons),
         }
+
+
+def _nearest(side: int, sizes: list[int]) -> int | None:
+    """The size nearest to ``side`` in log scale, ties to the larger (as io.images does)."""
+    if not sizes:
+        return None
+    return min(sizes, key=lambda s: (max(s, side) / min(s, side), -s))
 
 
 def _target(rgb: np.ndarray, grey: bool) -> np.ndarray:
