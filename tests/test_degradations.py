@@ -195,7 +195,8 @@ def test_gaussian_sigma_spec_and_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["lanczos", "gaussian:", "gaussian:-1", "gaussian:nan", "gaussian:x", "box:2", "nearest:a", "nearest:-1", ""]
+    "spec",
+    ["lanczos", "gaussian:", "gaussian:-1", "gaussian:nan", "gaussian:x", "box:2", "nearest:a", "nearest:-1", ""],
 )
 def test_bad_specs_are_settings_errors(spec: str) -> None:
     with pytest.raises(SettingsError) as err:

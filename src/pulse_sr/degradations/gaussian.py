@@ -48,7 +48,9 @@ class GaussianDownsample(nn.Module, Degradation):
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or not (
             0 < sigma <= 64
         ):
-            raise SettingsError(f"gaussian sigma must be in (0, 64] HR pixels, got {sigma!r}", field="sigma", value=repr(sigma))
+            raise SettingsError(
+                f"gaussian sigma must be in (0, 64] HR pixels, got {sigma!r}", field="sigma", value=repr(sigma)
+            )
         self.factor = factor
         self.sigma = float(sigma)
         self.radius = math.ceil(TRUNCATE * self.sigma)

@@ -133,7 +133,8 @@ def _grid(img: np.ndarray, y: np.ndarray, k: int, dx: int, dy: int) -> tuple[np.
     use = core | (n_core[cell] == 0)  # a cell too thin for a core uses all its pixels
     n = np.bincount(cell[use], minlength=rows * cols).astype(np.float64)
     flat = img.reshape(-1, img.shape[2])
-    grid = np.stack([np.bincount(cell[use], weights=flat[use, c], minlength=rows * cols) for c in range(flat.shape[1])], -1)
+    sums = [np.bincount(cell[use], weights=flat[use, c], minlength=rows * cols) for c in range(flat.shape[1])]
+    grid = np.stack(sums, axis=-1)
     grid /= n[:, None]
     yv = y.ravel()[use]
     mean_y = np.bincount(cell[use], weights=yv, minlength=rows * cols) / n
