@@ -10,6 +10,7 @@ image ``x`` "matches" a low-resolution input ``y`` when
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +89,13 @@ def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
 
 
 class BicubicDownsample(nn.Module, Degradation):
-    """Module form of :func:`bicubic_downsample`; the kernel is a buffer, so
-    ``.to(device)`` moves it. The ``bicubic`` operator of the registry."""
+    """Module form of :func:`bicubic_downsample` and PULSE's default operator (a
+    :class:`~pulse_sr.degradations.base.Degradation` named ``bicubic``, params ``{"factor": k}``):
+    ``[N, 3, R, R]`` in [0, 1] -> ``[N, 3, R/k, R/k]``. The kernel is a buffer, so ``.to(device)``
+    moves it."""
 
     name = "bicubic"
+    channels = 3
     kernel: Tensor
 
     def __init__(self, factor: int) -> None:
@@ -105,10 +109,12 @@ class BicubicDownsample(nn.Module, Degradation):
             return x
         return _downsample_with(x, self.kernel, self.factor)
 
-    def params(self) -> dict[str, int]:
+    def params(self) -> dict[str, Any]:
         return {"factor": self.factor}
 
     def output_size(self, resolution: int) -> int:
+        if resolution % self.factor:
+            raise ValueError(f"a {resolution} px image cannot be downscaled by {self.factor}")
         return resolution // self.factor
 
     def extra_repr(self) -> str:
