@@ -142,7 +142,7 @@ def _noise(observed: np.ndarray, grey: bool, reasons: list[str]) -> tuple[NoiseE
     est = estimate_noise(observed)
     sigma = est.sigma * (LUMA_NOISE_FACTOR if grey and observed.shape[2] == 3 else 1.0)
     if est.detected:
-        where = " (x 0.67 in luma)" if grey and observed.shape[2] == 3 else ""
+        where = f" (x {LUMA_NOISE_FACTOR:.2f} in luma)" if grey and observed.shape[2] == 3 else ""
         reasons.append(f"noise sigma {est.sigma * 255:.1f}/255 estimated{where}")
     else:
         reasons.append(f"no noise detected (estimate {est.raw * 255:.2f}/255, below {DETECTION_LIMIT * 255:g}/255)")
