@@ -75,6 +75,7 @@ class SearchSettings:
     #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
     #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
     start_pool: int = 1
+    given: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
