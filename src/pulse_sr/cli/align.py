@@ -21,7 +21,7 @@ from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of 
 )
 from pulse_sr.cli.options import (  # noqa: F401 - the constants are re-exported (tests check them)
     DEFAULT_SIZE, DETECT_MAX_SIDE, FEATHER, MAX_SIDE, MIN_SCORE, PHOTO_MAX_PIXELS, TINY_SIDE, FaceOptions,
-    RunOptions, add_face_options, add_paste_options,
+    RunOptions, add_face_options,
 )
 
 
