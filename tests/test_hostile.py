@@ -182,6 +182,6 @@ def test_folder_scan_reports_every_file_not_taken(tmp_path: Path, capsys: pytest
                for ln in stdout.splitlines() if ln.startswith("  skipped: ")}
     assert reasons.keys() == {str(src / n) for n in (".hidden.png", "notes.txt", "gone.png", "sub")}
     assert reasons[str(src / ".hidden.png")].startswith("hidden file")
-    assert reasons[str(src / "notes.txt")].startswith("not a supported image type (.txt)")
+    assert reasons[str(src / "notes.txt")].startswith("not a supported image type: .txt")
     assert reasons[str(src / "gone.png")].startswith("broken symbolic link")
     assert reasons[str(src / "sub")].startswith("a folder")

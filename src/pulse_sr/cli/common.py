@@ -105,9 +105,9 @@ def _not_taken(entry: Path) -> str | None:
     if entry.is_symlink() and not entry.exists():
         return "broken symbolic link"
     if entry.is_dir():
-        return "a folder (folders are not searched recursively)"
+        return "a folder, not searched recursively"
     if entry.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not a supported image type ({entry.suffix or 'no extension'})"
+        return f"not a supported image type: {entry.suffix or 'no extension'}"
     if not entry.is_file():
         return "not a regular file"
     return None
