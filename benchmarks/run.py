@@ -121,14 +121,14 @@ def head_gradient_cosine(G, head, side: int, target, fit) -> float:
     import torch
     import torch.nn.functional as F
 
-    from pulse_sr.search.pulse import Search
+    from pulse_sr.search.pulse import make_state
     from pulse_sr.search.settings import SearchSettings
 
-    search = Search(G, target, n=1, seed=0, settings=SearchSettings(), device=None, gaussian_fit=fit,
-                    callback=None, callback_images=False)
-    ws0, y = search.to_ws(search.latent.detach()), search.target
+    search = make_state(G, target, n=1, seed=0, settings=SearchSettings(), gaussian_fit=fit)
+    observation = search.observations[0]
+    ws0, y = search.to_ws(search.latent.detach()), observation.target
     ws = ws0.clone().requires_grad_(True)
-    true_lr = search.downsample((search.G.synthesis(ws, search.noise) + 1) / 2)
+    true_lr = observation.operator((search.G.synthesis(ws, search.noise) + 1) / 2)
     (g_true,) = torch.autograd.grad(100 * (true_lr - y).square().mean(), ws)
     ws = ws0.clone().requires_grad_(True)
     pred = head.predict(search.G.synthesis_features(ws, search.noise, side))

@@ -15,7 +15,7 @@ from pulse_sr.search.coarse import choose_side, coarse_step_count
 from pulse_sr.search.gaussian_fit import fit_gaussian
 from pulse_sr.search.heads import _sample_ws, cached_head, fit_head, head_cache_path, _fit_tag
 from pulse_sr.search.losses import l2_per_image
-from pulse_sr.search.pulse import pulse_search
+from pulse_sr.search.pulse import full_step, pulse_search
 
 from conftest import planted  # noqa: E402 - shared test helper
 
@@ -262,12 +262,11 @@ def noisy_tiny():
 
 
 def _new_search(G, target, fit=None, *, n: int, seed: int, **settings):
-    """The loop's state (a ``Search``) with these settings and no callback, before any step."""
-    from pulse_sr.search.pulse import Search
+    """The loop's state (a ``SearchState``) with these settings and no callback, before any step."""
+    from pulse_sr.search.pulse import make_state
     from pulse_sr.search.settings import SearchSettings
 
-    return Search(G, target, n=n, seed=seed, settings=SearchSettings(**settings), device=None,
-                  gaussian_fit=fit, callback=None, callback_images=False)
+    return make_state(G, target, n=n, seed=seed, settings=SearchSettings(**settings), gaussian_fit=fit)
 
 
 def _first_step_gradients(G, target, fit, *, n: int = 2, seed: int = 1, **settings) -> list[torch.Tensor]:
@@ -275,7 +274,7 @@ def _first_step_gradients(G, target, fit, *, n: int = 2, seed: int = 1, **settin
     search = _new_search(G, target, fit, n=n, seed=seed, **settings)
     captured: list[torch.Tensor] = []
     search.apply = lambda grads: captured.extend(g.clone() for g in grads)
-    search.full_step(0)
+    full_step(search, 0)
     return captured
 
 

@@ -43,9 +43,13 @@ def test_upload_watch_results_and_zip(tmp_path: Path) -> None:
             page.wait_for_selector("#generator option[value=dcgan-digiface]", state="attached")
             assert page.locator("#card-link").get_attribute("href").startswith("https://")
 
+            # a bundled example button: the browser's own POST passes the cross-site checks
+            page.click("button[data-example=face32]")
+            page.wait_for_function("document.getElementById('input-text').textContent.includes('32×32')")
             # upload a bundled example through the file picker
             page.set_input_files("#file", str(example))
-            page.wait_for_function("document.getElementById('input-text').textContent.includes('ready')")
+            page.wait_for_function("document.getElementById('input-text').textContent.includes('16×16')")
+            assert "ready" in page.locator("#input-text").inner_text()
             assert "16×16" in page.locator("#input-text").inner_text()
             page.select_option("#generator", "dcgan-digiface")
             page.fill("#n", "2")

@@ -1,4 +1,6 @@
-"""The Python API: load a generator, upsample an image, downscale like PULSE."""
+"""The Python API: load a generator, upsample an image, downscale like PULSE.
+
+Searching writes caches and may set process-wide options: see :func:`pulse_search`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pulse_sr.degradations.base import Degradation
 from pulse_sr.degradations.bicubic import bicubic_downsample
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.generators.registry import DEFAULT_GENERATOR, GENERATORS, load_generator
@@ -54,16 +57,20 @@ def upsample(
     seed: int = 0,
     device: str | torch.device = "cpu",
     callback: Callback | None = None,
+    operator: Degradation | None = None,
+    mask: Tensor | None = None,
     **settings: Any,
 ) -> list[Candidate]:
-    """Faces whose bicubic downscale matches ``image``: one :class:`Candidate` per seed.
+    """Faces whose downscale matches ``image``: one :class:`Candidate` per seed.
 
     ``image``: path, PIL image or ``[3, h, w]`` tensor in [0, 1], square, with the
-    generator's resolution an integer multiple of its side. ``settings``: any
-    :class:`SearchSettings` field (``steps``, ``eps``, ``loss``, ``lr`` ...).
+    generator's resolution an integer multiple of its side. ``operator`` / ``mask``: as
+    :func:`pulse_search`'s (default PULSE's bicubic downscale, every pixel known).
+    ``settings``: any :class:`SearchSettings` field (``steps``, ``eps``, ``loss``, ``lr`` ...).
     Each candidate has ``.hr`` ``[3, R, R]``, ``.lr`` (its own downscale),
     ``.l2`` and ``.converged``; candidates that miss eps are included.
     """
     gen = generator if isinstance(generator, FaceGenerator) else load_generator(generator, weights=weights, device=device)
-    result = pulse_search(gen, _as_target(image), n=n, seed=seed, device=device, callback=callback, **settings)
+    result = pulse_search(gen, _as_target(image), n=n, seed=seed, device=device, callback=callback,
+                          operator=operator, mask=mask, **settings)
     return result.candidates()

@@ -33,6 +33,10 @@ def add_parser(sub: Any) -> None:
                    help="most steps per search (default 1000)")
     p.add_argument("--max-queue", type=int_at_least(1), default=32,
                    help="most jobs waiting (default 32)")
+    p.add_argument("--max-stored-mb", type=positive_float, default=500.0,
+                   help="all stored uploads together, in MB (default 500); then 507 until old ones expire")
+    p.add_argument("--max-stored-files", type=int_at_least(1), default=200,
+                   help="most uploads stored at once (default 200); then 429 until old ones expire")
     p.add_argument("--job-ttl", type=positive_float, default=3600.0,
                    help="seconds an upload or result is kept after its last use (default 3600)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
@@ -69,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=port, workers=args.workers, max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels, max_candidates=args.max_candidates, max_steps=args.max_steps,
         max_queue=args.max_queue, job_ttl=args.job_ttl, device=device, work_dir=args.work_dir,
+        max_stored_mb=args.max_stored_mb, max_stored_files=args.max_stored_files,
     )
     try:
         app = create_app(settings)

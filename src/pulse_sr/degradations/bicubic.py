@@ -10,10 +10,13 @@ image ``x`` "matches" a low-resolution input ``y`` when
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pulse_sr.degradations.base import Degradation
 
 
 def _keys_cubic(t: float, a: float = -0.5) -> float:
@@ -85,10 +88,14 @@ def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
     return _downsample_with(x, bicubic_kernel_1d(factor), factor)
 
 
-class BicubicDownsample(nn.Module):
-    """Module form of :func:`bicubic_downsample`; the kernel is a buffer, so
-    ``.to(device)`` moves it."""
+class BicubicDownsample(nn.Module, Degradation):
+    """Module form of :func:`bicubic_downsample` and PULSE's default operator (a
+    :class:`~pulse_sr.degradations.base.Degradation` named ``bicubic``, params ``{"factor": k}``):
+    ``[N, 3, R, R]`` in [0, 1] -> ``[N, 3, R/k, R/k]``. The kernel is a buffer, so ``.to(device)``
+    moves it."""
 
+    name = "bicubic"
+    channels = 3
     kernel: Tensor
 
     def __init__(self, factor: int) -> None:
@@ -101,6 +108,14 @@ class BicubicDownsample(nn.Module):
         if self.factor == 1:
             return x
         return _downsample_with(x, self.kernel, self.factor)
+
+    def params(self) -> dict[str, Any]:
+        return {"factor": self.factor}
+
+    def output_size(self, resolution: int) -> int:
+        if resolution % self.factor:
+            raise ValueError(f"a {resolution} px image cannot be downscaled by {self.factor}")
+        return resolution // self.factor
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"

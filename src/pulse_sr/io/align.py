@@ -4,7 +4,9 @@ Pipeline for one photo (``[H, W, 3]`` uint8 RGB, EXIF orientation already applie
 
 1. :func:`detect_faces`: dlib's HOG face detector on a copy scaled to at most
    ``detect_max_side`` pixels, then dlib's 68-point shape predictor on the
-   full-resolution photo inside each (scaled back) box.
+   full-resolution photo inside each (scaled back) box. Or
+   :func:`detect_faces_mtcnn`: MTCNN (:mod:`pulse_sr.io.mtcnn`), which finds faces
+   down to about 12-16 pixels, with 5 landmarks. :func:`find_faces` picks one by name.
 2. :func:`ffhq_quad`: the oriented square of FFHQ from the eye centres and
    mouth corners (centre ``c``, half-side vectors ``x`` right and ``y`` down).
 3. :func:`crop_matrix`: one affine map from the generator's ``R x R`` output
@@ -137,13 +139,15 @@ def _dlib_models() -> tuple[Any, Any]:
 # -- detection ---------------------------------------------------------------------------
 @dataclass
 class Detection:
-    """One face dlib found: ``box`` (left, top, right, bottom), ``score`` (HOG detector
-    confidence, higher is surer) and ``landmarks`` ``[68, 2]`` (iBUG 300-W order), in
-    photo coordinates."""
+    """One face found: ``box`` (left, top, right, bottom), ``score`` and ``landmarks``,
+    in photo coordinates. dlib: HOG detector confidence (higher is surer), ``[68, 2]``
+    landmarks (iBUG 300-W order). MTCNN: face probability in [0, 1], ``[5, 2]``
+    landmarks (left eye, right eye, nose, left and right mouth corner)."""
 
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray
+    detector: str = "dlib"
 
 
 def detect_faces(
@@ -191,6 +195,60 @@ def detect_faces(
         found.append(Detection(box=box, score=float(score), landmarks=pts))
     found.sort(key=lambda d: (d.landmarks[:, 0].mean(), d.landmarks[:, 1].mean()))
     return found
+
+
+#: detectors :func:`find_faces` knows
+DETECTORS = ("dlib", "mtcnn")
+#: MTCNN's O-Net probability a face needs (the paper's last-stage threshold)
+DEFAULT_MTCNN_MIN_SCORE = 0.7
+
+
+def detect_faces_mtcnn(
+    photo: np.ndarray | Tensor,
+    *,
+    min_score: float = DEFAULT_MTCNN_MIN_SCORE,
+    detect_max_side: int = DEFAULT_DETECT_MAX_SIDE,
+    min_face: float | None = None,
+) -> list[Detection]:
+    """Faces in ``photo [H, W, 3]`` uint8 RGB found by MTCNN, ordered left to right,
+    each with 5 landmarks (``[5, 2]``, see :class:`Detection`).
+
+    Detection runs on a copy at most ``detect_max_side`` pixels on its longer side;
+    ``min_face``: the smallest face side looked for, in that copy's pixels (default
+    :data:`pulse_sr.io.mtcnn.DEFAULT_MIN_FACE`, 12). Raises
+    :class:`~pulse_sr.errors.WeightsError` when the MTCNN weights are not installed.
+    """
+    from pulse_sr.io import mtcnn
+
+    photo = _as_rgb8(photo)
+    h, w = photo.shape[:2]
+    scale = min(1.0, detect_max_side / max(h, w))
+    small, sx, sy = photo, 1.0, 1.0
+    if scale < 1.0:
+        from PIL import Image
+
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BOX))
+        sx, sy = size[0] / w, size[1] / h
+    thresholds = (*mtcnn.DEFAULT_THRESHOLDS[:2], float(min_score))
+    faces = mtcnn.detect_mtcnn(small, min_face=mtcnn.DEFAULT_MIN_FACE if min_face is None else min_face,
+                               thresholds=thresholds)
+    back = np.array([sx, sy])
+    return [Detection(box=(f.box[0] / sx, f.box[1] / sy, f.box[2] / sx, f.box[3] / sy),
+                      score=f.score, landmarks=f.points / back, detector="mtcnn") for f in faces]
+
+
+def find_faces(photo: np.ndarray | Tensor, *, detector: str = "dlib", **options: Any) -> list[Detection]:
+    """Faces in ``photo`` by the named detector (one of :data:`DETECTORS`); ``options``
+    go to :func:`detect_faces` (dlib) or :func:`detect_faces_mtcnn`."""
+    if detector == "dlib":
+        return detect_faces(photo, **options)
+    if detector == "mtcnn":
+        return detect_faces_mtcnn(photo, **options)
+    from pulse_sr.errors import SettingsError
+
+    raise SettingsError(f"unknown face detector {detector!r}: one of {', '.join(DETECTORS)}",
+                        field="detector", value=detector)
 
 
 def _as_rgb8(photo: np.ndarray | Tensor) -> np.ndarray:
@@ -253,10 +311,13 @@ def quad_from_points(eye_left: Sequence[float], eye_right: Sequence[float],
 
 
 def ffhq_quad(landmarks: np.ndarray) -> Quad:
-    """The FFHQ quad of 68 iBUG landmarks ``[68, 2]`` (eyes 36-41 and 42-47, mouth 48 and 54)."""
+    """The FFHQ quad of 68 iBUG landmarks ``[68, 2]`` (eyes 36-41 and 42-47, mouth 48 and 54)
+    or of MTCNN's 5 ``[5, 2]`` (eye centres 0 and 1, mouth corners 3 and 4)."""
     lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape == (5, 2):
+        return quad_from_points(lm[0], lm[1], lm[3], lm[4])
     if lm.shape != (68, 2):
-        raise ValueError(f"expected [68, 2] landmarks, got {list(lm.shape)}")
+        raise ValueError(f"expected [68, 2] or [5, 2] landmarks, got {list(lm.shape)}")
     return quad_from_points(lm[36:42].mean(0), lm[42:48].mean(0), lm[48], lm[54])
 
 
@@ -385,6 +446,7 @@ class AlignedFace:
         }
         if self.detection is not None:
             d = self.detection
+            rec["detector"] = d.detector
             rec["score"] = round(d.score, 4)
             rec["box"] = r(d.box)
             rec["landmarks"] = r(d.landmarks)

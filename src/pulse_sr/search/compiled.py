@@ -1,9 +1,9 @@
 """The full synthesis through ``torch.compile``: a faster, leaner full step on the CPU.
 
 Measured on the 1024x1024 StyleGAN1 stand-in on this project's 2-core machine
-(``benchmarks/results/``): one forward+backward goes from about 1.8 s (eager, lean
-malloc) to about 1.3 s, and its peak memory from 2.7 GiB to 1.6 GiB, because the
-compiled backward keeps fewer intermediates. The first use compiles for about 100 s;
+(``benchmarks/results/run-stylegan1.json``, modes ``faithful-lean`` and ``compiled``): one
+full step goes from 1.78 s (eager, lean malloc) to 1.41 s, and the run's peak memory from
+2.7 GiB to 1.6 GiB, because the compiled backward keeps fewer intermediates. The first use compiles for about 100 s;
 the result is cached on disk (``TORCHINDUCTOR_CACHE_DIR``, by default under
 pulse-sr's cache folder), after which a new process is ready in about 7 s.
 

@@ -113,13 +113,14 @@ POOL_SEED_BASE = 1 << 40
 
 def best_of_pool(
     generator: FaceGenerator, start: StartState, settings: SearchSettings, *, seed: int,
-    score: Callable[[Tensor, list[Tensor]], Tensor],
+    score: Callable[[Tensor, list[Tensor], int], Tensor],
 ) -> Tensor:
     """Per candidate, the latent ``[L, w_dim]`` with the lowest ``score`` among its own start and
     ``settings.start_pool - 1`` more seeded draws (same noise maps); returns ``[n, L, w_dim]`` on the
     start's device.
 
-    ``score(latents [B, L, w_dim], noise list of [B, 1, H, W]) -> [B]`` (lower is better), called on
+    ``score(latents [B, L, w_dim], noise list of [B, 1, H, W], k) -> [B]`` (lower is better; ``k``: the
+    candidate whose draws these are, so each is scored against its own input), called on
     at most ``settings.max_batch`` draws at a time (all at once when 0).
     With ``start == "w_avg"`` every draw would be the same point: the start is returned unchanged.
     """
@@ -136,6 +137,6 @@ def best_of_pool(
         scores = []
         for part in draws.split(chunk):
             noise = [t[k:k + 1].expand(len(part), *t.shape[1:]) for t in start.noise]
-            scores.append(score(part, noise))
+            scores.append(score(part, noise, k))
         chosen.append(draws[int(torch.cat(scores).argmin())])
     return torch.stack(chosen)

@@ -2,8 +2,10 @@
 
 A 1024x1024 StyleGAN step allocates and frees tensors of up to a few hundred MB.
 glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh
-``mmap`` calls and unmaps them on ``free``, so every step touches new pages: about
-a million page faults, 40-55 % of the step's time on this machine. Telling
+``mmap`` calls and unmaps them on ``free``, so every step touches new pages (page
+faults). On the 1024 px StyleGAN1 stand-in, one full step took 4.19 s plain and 1.78 s
+lean on this project's 2-core machine (``benchmarks/results/run-stylegan1.json``, modes
+``faithful`` and ``faithful-lean``). Telling
 glibc never to use ``mmap`` for allocations and never to trim the heap makes a
 freed block reusable by the next step without page faults.
 

@@ -7,6 +7,10 @@ eps clamp of one candidate to the others' reports).
 - ``L2``: ``mean((A(x) - y)^2)`` per image, clamped below at eps (so a candidate
   under eps gets no more push from it, as in the original).
 - ``L1``: ``10 * mean(|A(x) - y|)`` per image, clamped at eps (PULSE's factor 10).
+
+The data terms take an optional ``mask`` ``[1|N, 1|C, h, w]`` (1 = known pixel, 0 = unknown):
+the mean is then over the known pixels only, so unknown pixels add nothing to the loss nor
+to the eps check. ``mask=None`` (all pixels known) is the plain mean, bit for bit.
 - ``GEOCROSS``: mean squared geodesic distance between the ``num_ws`` latent
   vectors of a candidate, on the sphere, scaled as the original:
   ``mean_ij(512 * d_ij^2) / 8`` where ``d_ij = 2 atan2(|a-b|, |a+b|)``; 0 for one vector.
@@ -22,19 +26,29 @@ from torch import Tensor
 LOSS_TERMS = ("L2", "L1", "GEOCROSS")
 
 
-def l2_per_image(lr: Tensor, target: Tensor) -> Tensor:
-    """Unclamped mean squared error per image: ``[N, C, h, w]`` x ``[1|N, C, h, w]`` -> ``[N]``."""
-    return (lr - target).pow(2).mean(dim=(1, 2, 3))
+def _mean_per_image(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``values [N, C, h, w]`` per image ``[N]``, over the pixels ``mask`` marks known."""
+    if mask is None:
+        return values.mean(dim=(1, 2, 3))
+    mask = mask.to(values.dtype)
+    known = mask.expand_as(values).sum(dim=(1, 2, 3))
+    return (values * mask).sum(dim=(1, 2, 3)) / known
 
 
-def loss_l2(lr: Tensor, target: Tensor, eps: float) -> Tensor:
+def l2_per_image(lr: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Unclamped mean squared error per image: ``[N, C, h, w]`` x ``[1|N, C, h, w]`` -> ``[N]``
+    (over the known pixels of ``mask [1|N, 1|C, h, w]``, 1 = known, when given)."""
+    return _mean_per_image((lr - target).pow(2), mask)
+
+
+def loss_l2(lr: Tensor, target: Tensor, eps: float, mask: Tensor | None = None) -> Tensor:
     """PULSE's L2 term per image ``[N]`` (clamped at eps)."""
-    return l2_per_image(lr, target).clamp(min=eps)
+    return l2_per_image(lr, target, mask).clamp(min=eps)
 
 
-def loss_l1(lr: Tensor, target: Tensor, eps: float) -> Tensor:
-    """PULSE's L1 term per image ``[N]``: 10 * mean |diff|, clamped at eps."""
-    return 10 * (lr - target).abs().mean(dim=(1, 2, 3)).clamp(min=eps)
+def loss_l1(lr: Tensor, target: Tensor, eps: float, mask: Tensor | None = None) -> Tensor:
+    """PULSE's L1 term per image ``[N]``: 10 * mean |diff| (over known pixels), clamped at eps."""
+    return 10 * _mean_per_image((lr - target).abs(), mask).clamp(min=eps)
 
 
 def loss_geocross(ws: Tensor) -> Tensor:
@@ -92,15 +106,19 @@ def parse_loss(spec: str) -> LossSpec:
     return LossSpec(tuple(terms))
 
 
-def evaluate_loss(spec: LossSpec, lr: Tensor, target: Tensor, ws: Tensor, eps: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss per candidate ``[N]`` and each term ``{name: [N]}`` (terms unweighted)."""
+def evaluate_loss(spec: LossSpec, lr: Tensor, target: Tensor, ws: Tensor, eps: float,
+                  mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss per candidate ``[N]`` and each term ``{name: [N]}`` (terms unweighted).
+
+    lr ``[N, C, h, w]`` and target ``[1|N, C, h, w]`` in [0, 1]; ws ``[N, L, w_dim]``; eps: the clamp
+    of the data terms (the candidates' match threshold); mask: see the module docstring."""
     parts: dict[str, Tensor] = {}
     total = lr.new_zeros(lr.shape[0])
     for weight, name in spec.terms:
         if name == "L2":
-            value = loss_l2(lr, target, eps)
+            value = loss_l2(lr, target, eps, mask)
         elif name == "L1":
-            value = loss_l1(lr, target, eps)
+            value = loss_l1(lr, target, eps, mask)
         else:
             value = loss_geocross(ws)
         parts[name] = value

@@ -21,10 +21,13 @@ NOISE_TYPES = ("trainable", "fixed", "zero")
 #: ``FAST_PRESETS`` (where benchmarks/run.py shows it at least as often within eps, and faster),
 #: else ``faithful``.
 MODES = ("faithful", "fast", "auto")
-#: per backend, settings that fast mode uses instead of PULSE's defaults (a field the caller set to
-#: something other than PULSE's default keeps the caller's value). dcgan-digiface, 10 planted
-#: problems x 4 candidates: lr 0.4 -> 1.5 and the best of 8 starts take the candidates within eps
-#: from 20/40 to 31/40 with a third fewer steps (benchmarks/README.md).
+#: per backend, settings that fast mode uses instead of PULSE's defaults. A field the caller gave
+#: (``SearchSettings.given``) keeps the caller's value, and so, for callers of the library that
+#: do not fill ``given``, does a field set to something other than PULSE's default. Chosen with
+#: ``benchmarks/run.py`` on dcgan-digiface; its record ``benchmarks/results/run-dcgan.json``
+#: (5 planted problems x 4 candidates, 100 steps): lr 1.5 and the best of 8 starts bring the
+#: candidates within eps from 13/20 (PULSE's lr 0.4, single start) to 18/20, and the median steps
+#: from 71 to 45.5.
 FAST_PRESETS: dict[str, dict[str, object]] = {"dcgan": {"lr": 1.5, "start_pool": 8}}
 #: where latents start: PULSE's draw mapped through the Gaussian fit, or the mapping's ``w_avg``
 STARTS = ("gaussian", "w_avg")
@@ -35,10 +38,25 @@ COMPILE = ("off", "on", "auto")
 FRONT_END_DEFAULTS: dict[str, str] = {"mode": "auto", "compile": "auto"}
 
 
+#: report.json's key order of the settings (the order the fields had before they were grouped)
+_REPORT_ORDER = (
+    "steps", "eps", "loss", "lr", "optimizer", "schedule", "noise", "num_trainable_noise",
+    "bad_noise_layers", "tile_latent", "run_all_steps", "mode", "start", "coarse_side", "coarse_steps",
+    "refresh_every", "lean_memory", "max_batch", "compile", "start_pool", "given",
+)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    """Every knob of the PULSE search. Defaults are the original's (CVPR 2020 code)."""
+    """Every knob of the PULSE search, flat. Defaults are the original's (CVPR 2020 code).
 
+    Three groups: the algorithm (what is searched and how: changes the results), the mode
+    (faithful loop or coarse-to-fine, and the coarse phase's knobs), and execution (how the
+    same arithmetic runs: memory, chunks, compiling; results equal up to float rounding).
+    ``given`` names the fields the caller set explicitly: a preset never changes those.
+    """
+
+    # -- the algorithm ---------------------------------------------------------------------
     steps: int = 100
     eps: float = 2e-3
     loss: str = "100*L2+0.05*GEOCROSS"
@@ -51,10 +69,15 @@ class SearchSettings:
     tile_latent: bool = False
     #: keep optimising a candidate after it is within eps (the original always ran all steps)
     run_all_steps: bool = False
-    #: "faithful" (default, the original loop) or "fast" (see MODES)
-    mode: str = "faithful"
     #: "gaussian" (PULSE) or "w_avg" (projector-style: every candidate starts at the tracked w_avg)
     start: str = "gaussian"
+    #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
+    #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
+    start_pool: int = 1
+
+    # -- the mode ----------------------------------------------------------------------------
+    #: "faithful" (default, the original loop) or "fast" (see MODES)
+    mode: str = "faithful"
     #: fast mode: side of the truncated synthesis (0 = auto: twice the input side, at least 32)
     coarse_side: int = 0
     #: fast mode: steps through the truncated synthesis before the full network takes over
@@ -62,6 +85,8 @@ class SearchSettings:
     coarse_steps: int = -1
     #: fast mode: a true full-resolution evaluation (eps check, head correction) every this many steps
     refresh_every: int = 5
+
+    # -- execution ---------------------------------------------------------------------------
     #: keep freed memory in the process instead of returning it to the OS (same numbers, fewer
     #: page faults; process-wide, see search/lean.py). Always on in fast mode.
     lean_memory: bool = False
@@ -72,24 +97,28 @@ class SearchSettings:
     #: "off" (default, eager), "on" (full steps through torch.compile: the same function up to float
     #: rounding, faster and leaner at 1024, a one-off compile cached on disk) or "auto" (on from 512 px)
     compile: str = "off"
-    #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
-    #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
-    start_pool: int = 1
+
+    # -- provenance --------------------------------------------------------------------------
+    #: the fields the caller set explicitly (the front ends: the flags or JSON fields the user gave).
+    #: A preset (``FAST_PRESETS``) never changes these, whatever their value.
     given: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, in report.json's key order."""
         d = dataclasses.asdict(self)
         d["bad_noise_layers"] = list(self.bad_noise_layers)
-        return d
+        d["given"] = list(self.given)
+        return {k: d[k] for k in _REPORT_ORDER}
 
 
 @dataclass
 class Candidate:
     """One face found by the search, with its own proof.
 
-    hr: [3, R, R] in [0, 1]; lr: [3, h, w] in [0, 1] = bicubic_downsample(hr);
-    l2: mean squared error between lr and the input (both in [0, 1]);
-    converged: l2 <= eps.
+    hr: [3, R, R] in [0, 1]; lr: [C, h, w] in [0, 1] = the search's operator applied to hr
+    (PULSE's bicubic downscale by default); l2: mean squared error between lr and the input
+    (both in [0, 1]; over the known pixels when the search had a mask); converged: l2 <= the
+    match threshold (``SearchResult.eps``).
     """
 
     index: int
@@ -123,10 +152,12 @@ class Candidate:
 class SearchResult:
     """All candidates of one search, batched.
 
-    hr [n, 3, R, R] and lr [n, 3, h, w] in [0, 1]; latents [n, L, w_dim] (the
-    search variable on its sphere; L = num_ws, or 1 when tiled); ws [n, num_ws, w_dim]
-    (what synthesis received); l2 [n]; converged [n] bool; steps [n];
-    loss_history / l2_history [steps_run, n] (nan once a candidate stopped).
+    hr [n, 3, R, R] and lr [n, C, h, w] in [0, 1] (lr = the operator applied to hr); target
+    [C, h, w]; latents [n, L, w_dim] (the search variable on its sphere; L = num_ws, or 1 when
+    tiled); ws [n, num_ws, w_dim] (what synthesis received); l2 [n]; converged [n] bool
+    (l2 <= eps, the input's match threshold: ``settings.eps`` unless a noise model raised it);
+    steps [n]; loss_history / l2_history [steps_run, n] (nan where a candidate did not run or its
+    true L2 was not measured: after it stopped, and between the coarse phase's refreshes).
     """
 
     target: Tensor
@@ -183,10 +214,13 @@ class SearchResult:
 class StepInfo:
     """What the progress callback sees after each step.
 
-    step: 1-based step just finished; l2 [n] current per-candidate L2 (best so far);
-    converged [n] bool; active [n] bool (still optimising); hr: [n, 3, R, R] in [0, 1]
-    current best image of each candidate (detached, on CPU), only when the caller
-    asked for images.
+    step: 1-based step just finished; l2 [n]: each candidate's L2 *at this step* (of the clamped
+    full-network image; not the best so far, and not monotone), nan where it was not measured this
+    step (candidates that stopped before it, and coarse steps between refreshes); best_l2 [n]: the
+    L2 of each candidate's best state so far (inf before its first measurement); converged [n]
+    bool: best state within the threshold; active [n] bool (still optimising); hr: [n, 3, R, R] in
+    [0, 1], only when the caller asked for images: this step's image for candidates measured at
+    this step, else the best so far (detached, on CPU).
     """
 
     step: int

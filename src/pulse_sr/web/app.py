@@ -12,6 +12,13 @@ Routes (all JSON unless noted; refusals are ``{"error": "..."}`` with a 4xx stat
 - ``GET /api/jobs/ID`` status; ``GET /api/jobs/ID/events`` server-sent events (``update``
   with status, new loss-curve points and live previews; ``end`` once finished)
 - ``POST /api/jobs/ID/cancel``; ``GET /api/jobs/ID/files/NAME``; ``GET /api/jobs/ID/results.zip``
+
+Refusals: 400 malformed request or unusable input; 403 cross-site request (foreign ``Origin``
+or ``Sec-Fetch-Site``); 404 unknown id or name; 409 no results yet; 413 body too large
+(uploads: ``max_upload_mb``; ``/api/jobs``: ``max_json_kb``); 415 wrong content type (uploads:
+``application/octet-stream`` or ``image/*``, other POSTs ``application/json``) or not an
+image; 429 queue full or ``max_stored_files`` uploads stored; 503 generator cannot be loaded
+or server stopping; 507 ``max_stored_mb`` of uploads stored. See :mod:`pulse_sr.web.guard`.
 """
 from __future__ import annotations
 
@@ -31,16 +38,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from pulse_sr.web.guard import LOOPBACK, RequestGuard
+from pulse_sr.web.inputs import UPLOAD
+from pulse_sr.web.job_request import parse_json
 from pulse_sr.web.jobs import FINAL_STATES, JobManager, WebError, WebSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 EXAMPLE_PREFIX = "example_"
-#: request types a web page of another site may send without asking (CORS "simple" requests):
-#: refused on the POST routes that take a body, so other sites cannot submit work here
-SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: how often an event stream looks for news, and sends a keep-alive comment
 POLL_SECONDS, KEEPALIVE_SECONDS = 0.1, 15.0
 
@@ -61,8 +67,6 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     temporary file) when it ends."""
     settings = settings or WebSettings()
     manager = JobManager(settings)
-    files = static_files()
-    example_files = examples()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,10 +79,18 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     app = FastAPI(title="pulse-sr", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.manager = manager
-    if settings.host in LOOPBACK:  # DNS rebinding: only our own names in the Host header
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
+    # Host names (DNS rebinding; loopback servers only), cross-site requests, form bodies
+    app.add_middleware(RequestGuard, hosts=LOOPBACK if settings.host in LOOPBACK else None)
+    _add_error_handlers(app)
+    _add_page_routes(app, static_files())
+    _add_config_routes(app, settings, manager)
+    _add_input_routes(app, settings, manager)
+    _add_job_routes(app, settings, manager)
+    return app
 
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal is ``{"error": "..."}`` with its status."""
 
     @app.exception_handler(WebError)
     async def web_error(request: Request, exc: WebError) -> JSONResponse:
@@ -93,7 +105,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "malformed request"}, status_code=400)
 
-    # -- page ------------------------------------------------------------------------------
+
+def _add_page_routes(app: FastAPI, files: dict[str, Path]) -> None:
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return FileResponse(files["index.html"], media_type=STATIC_TYPES[".html"],
@@ -107,7 +120,10 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
                             headers={"Cache-Control": "no-cache"})
 
-    # -- configuration ---------------------------------------------------------------------
+
+def _add_config_routes(app: FastAPI, settings: WebSettings, manager: JobManager) -> None:
+    example_files = examples()
+
     @app.get("/api/config")
     async def config() -> dict[str, Any]:
         from pulse_sr.web.photos import align_status
@@ -131,35 +147,36 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def list_examples() -> list[dict[str, Any]]:
         return [{"name": k, "image": f"/static/{p.name}"} for k, p in sorted(example_files.items())]
 
-    # -- inputs ----------------------------------------------------------------------------
+
+def _add_input_routes(app: FastAPI, settings: WebSettings, manager: JobManager) -> None:
+    store, example_files = manager.store, examples()
+
     @app.post("/api/inputs")
     async def upload(request: Request) -> dict[str, Any]:
-        if _media_type(request) in SIMPLE_TYPES:
-            raise WebError(415, "send the image bytes as the request body (Content-Type "
-                                "application/octet-stream or image/*), not as a form")
         limit = int(settings.max_upload_mb * 1024 * 1024)
         too_big = f"the file is larger than this server's limit of {settings.max_upload_mb:g} MB"
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise WebError(413, too_big)
         name = _display_name(request.headers.get("x-filename", ""))
-        input_id, folder = manager.new_input_dir()
+        input_id, folder = store.open_slot()
+        size = 0
         try:
-            size = 0
-            with open(folder / "upload.bin", "wb") as f:
+            with open(folder / UPLOAD, "wb") as f:
                 async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise WebError(413, too_big)
+                    store.charge(len(chunk))
+                    size += len(chunk)
                     f.write(chunk)
             if size == 0:
                 raise WebError(400, "empty upload: choose an image file")
-            rec = await run_in_threadpool(manager.register_input, input_id, folder, name)
+            rec = await run_in_threadpool(store.register, input_id, folder, name, size)
         except ClientDisconnect:
-            manager.discard_input_dir(folder)
+            store.discard(folder, size)
             raise WebError(400, "upload interrupted") from None
         except BaseException:
-            manager.discard_input_dir(folder)
+            store.discard(folder, size)
             raise
         return rec.to_json()
 
@@ -168,29 +185,29 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         path = example_files.get(name)
         if path is None:
             raise WebError(404, "no such example")
-        input_id, folder = manager.new_input_dir()
+        data = path.read_bytes()
+        input_id, folder = store.open_slot()
+        charged = 0
         try:
-            (folder / "upload.bin").write_bytes(path.read_bytes())
-            rec = await run_in_threadpool(manager.register_input, input_id, folder, f"{name}.png")
+            store.charge(len(data))
+            charged = len(data)
+            (folder / UPLOAD).write_bytes(data)
+            rec = await run_in_threadpool(store.register, input_id, folder, f"{name}.png", len(data))
         except BaseException:
-            manager.discard_input_dir(folder)
+            store.discard(folder, charged)
             raise
         return rec.to_json()
 
     @app.get("/api/inputs/{input_id}/{name}")
     async def input_file(input_id: str, name: str) -> Response:
-        return FileResponse(manager.input_file(input_id, name), media_type="image/png")
+        return FileResponse(store.file(input_id, name), media_type="image/png")
 
-    # -- jobs ------------------------------------------------------------------------------
+
+def _add_job_routes(app: FastAPI, settings: WebSettings, manager: JobManager) -> None:
     @app.post("/api/jobs")
     async def create_job(request: Request) -> JSONResponse:
-        if _media_type(request) != "application/json":
-            raise WebError(415, "expected a JSON body (Content-Type application/json)")
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise WebError(400, "expected a JSON body") from None
-        job = await run_in_threadpool(manager.create_job, body)
+        raw = await _bounded_body(request, int(settings.max_json_kb * 1024))
+        job = await run_in_threadpool(manager.create_job, parse_json(raw))
         return JSONResponse({"job_id": job.id, "position": manager.position(job),
                              "events": f"/api/jobs/{job.id}/events"}, status_code=201)
 
@@ -223,7 +240,23 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         return Response(data, media_type="application/zip", headers={
             "Content-Disposition": f'attachment; filename="pulse-sr-{job_id[:8]}.zip"'})
 
-    return app
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (before reading it all)."""
+    too_big = f"the request is larger than this server's limit of {limit // 1024} KB"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise WebError(413, too_big)
+    parts, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise WebError(413, too_big)
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise WebError(400, "request interrupted") from None
+    return b"".join(parts)
 
 
 async def _event_stream(manager: JobManager, job: Any, request: Request) -> AsyncIterator[str]:
@@ -255,10 +288,6 @@ async def _event_stream(manager: JobManager, job: Any, request: Request) -> Asyn
             yield ": keep-alive\n\n"
             last_sent = time.monotonic()
         await asyncio.sleep(POLL_SECONDS)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _display_name(header: str) -> str:

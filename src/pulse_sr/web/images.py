@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,3 +63,20 @@ def heat_image(values: "Tensor", vmax: float) -> "Image.Image":
     xs = [s[0] for s in HEAT_STOPS]
     rgb = np.stack([np.interp(t, xs, [s[1][c] for s in HEAT_STOPS]) for c in range(3)], axis=-1)
     return Image.fromarray(np.round(rgb).astype(np.uint8), "RGB")
+
+
+def identifiable(path: "str | os.PathLike[str]") -> bool:
+    """Whether Pillow recognises the file as one of the image formats pulse-sr reads (its
+    header only; the image may still be broken). Picks 415 vs 400 for a refused upload."""
+    from PIL import Image, UnidentifiedImageError
+
+    from pulse_sr.io.images import FORMATS
+
+    Image.init()
+    try:
+        with Image.open(path, formats=[f for f in FORMATS if f in Image.OPEN]):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:  # noqa: BLE001 - recognised, but too big or broken: not a type problem
+        return True

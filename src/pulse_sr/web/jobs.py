@@ -1,28 +1,30 @@
-"""Inputs and search jobs of the web app: a queue, worker threads, per-job temporary
-folders, cancel and cleanup. No HTTP here (see :mod:`pulse_sr.web.app`).
+"""Search jobs of the web app: a queue, worker threads, per-job temporary folders, cancel
+and cleanup. No HTTP here (see :mod:`pulse_sr.web.app`); inputs live in
+:class:`pulse_sr.web.inputs.InputStore`.
 
-Every file lives under one server-made root folder: ``inputs/<id>/`` holds an
-upload (always saved as ``upload.bin``, decoded by content) and its previews;
-``jobs/<id>/result/`` holds what ``pulse-sr run`` would write
-(:func:`pulse_sr.cli.run.write_result_files`) plus ``spread.png`` and, for photos,
-``photo.png`` and ``restored_KK.png``. Ids are random; names handed to the
-client come from the server and are checked against a per-job set before use.
-Folders are removed ``job_ttl`` seconds after their last use.
+Every file lives under one server-made, marked root folder
+(:func:`pulse_sr.web.workdir.make_work_root`): ``inputs/<id>/`` holds an upload (always
+saved as ``upload.bin``, decoded by content) and its previews; ``jobs/<id>/result/``
+holds what ``pulse-sr run`` would write (:func:`pulse_sr.cli.run.write_result_files`)
+plus ``spread.png`` and, for photos, ``photo.png`` and ``restored_KK.png``. Ids are
+random; names handed to the client come from the server and are checked against a
+per-job set before use. Folders are removed ``job_ttl`` seconds after their last use.
+Search settings come from :func:`pulse_sr.front_end.build_settings`, as the CLI's do.
 """
 from __future__ import annotations
 
 import collections
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from pulse_sr.web.inputs import UPLOAD, InputStore
+from pulse_sr.web.job_request import JobRequest, parse_job_request
 from pulse_sr.web.records import (  # noqa: F401 - WebSettings, WebError re-exported for callers
     FINAL_STATES, InputRecord, JobCancelled, JobRecord, WebError, WebSettings, finite_or_none,
-    int_field, user_text,
 )
 
 #: search input side for a face from a photo, as ``pulse-sr restore`` (nearest valid size)
@@ -34,23 +36,24 @@ class JobManager:
 
     def __init__(self, settings: WebSettings) -> None:
         from pulse_sr.web.generators import GeneratorCache, list_generators
+        from pulse_sr.web.workdir import make_work_root
 
         self.settings = settings
-        parent = Path(settings.work_dir) if settings.work_dir else None
-        if parent is not None:
-            parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="pulse-sr-web-", dir=parent))
-        (self.root / "inputs").mkdir()
+        self.root = make_work_root(Path(settings.work_dir) if settings.work_dir else None)
+        self._cond = threading.Condition()
+        self.store = InputStore(self.root, settings, self._cond)
         (self.root / "jobs").mkdir()
         self.generators = GeneratorCache(list_generators(settings.generators), settings.device,
                                          settings.generators)
-        self.inputs: dict[str, InputRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
         self._queue: collections.deque[str] = collections.deque()
-        self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._janitor_wake = threading.Event()
+
+    @property
+    def inputs(self) -> dict[str, InputRecord]:
+        return self.store.inputs
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,145 +85,107 @@ class JobManager:
             t.join(timeout)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    # -- inputs ----------------------------------------------------------------------------
-    def new_input_dir(self) -> tuple[str, Path]:
-        input_id = secrets.token_hex(16)
-        folder = self.root / "inputs" / input_id
-        folder.mkdir()
-        return input_id, folder
-
-    def register_input(self, input_id: str, folder: Path, name: str) -> InputRecord:
-        """Decode ``folder/upload.bin`` (content sniffed by Pillow), classify, write previews."""
-        from pulse_sr.errors import PulseError
-        from pulse_sr.io.images import load_image, save_png
-        from pulse_sr.web import photos
-        from pulse_sr.web.images import preview_image
-
-        s = self.settings
-        path = folder / "upload.bin"
-        try:
-            img = load_image(path, max_pixels=s.max_pixels)
-        except PulseError as e:
-            raise WebError(415 if "not an image" in str(e) else 400, user_text(str(e), path)) from None
-        h, w = int(img.shape[1]), int(img.shape[2])
-        kind = "small" if max(h, w) <= s.small_max_side else "photo"
-        rec = InputRecord(id=input_id, dir=folder, name=name, width=w, height=h, kind=kind,
-                          touched=time.time())
-        if kind == "small":
-            save_png(img, folder / "preview.png")
-        else:
-            preview_image(img, s.photo_max_side).save(folder / "preview.png")
-            ok, why = photos.align_status()
-            rec.align_available = ok
-            if ok:
-                try:
-                    rec.faces = photos.detect_faces(img)
-                except Exception as e:  # noqa: BLE001 - detection problems become a message
-                    rec.message = f"face detection failed: {user_text(str(e), path)}"
-                for f in rec.faces:
-                    preview_image(f.crop, 256).save(folder / f"face_{f.index}.png")
-                if not rec.faces and not rec.message:
-                    rec.message = ("no face found in this photo; you can still use the whole image "
-                                   "(centre-crop and resize)")
-            else:
-                rec.message = (f"this is a {w}x{h} photo, not a tiny face, and {why}: you can "
-                               "use the whole image (centre-crop and resize) or upload a small "
-                               "face crop")
-        with self._cond:
-            self.inputs[input_id] = rec
-        return rec
-
-    def discard_input_dir(self, folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
-
-    def get_input(self, input_id: str) -> InputRecord:
-        rec = self.inputs.get(input_id)
-        if rec is None:
-            raise WebError(404, "unknown input (it may have expired): upload it again")
-        return rec
-
-    def input_file(self, input_id: str, name: str) -> Path:
-        rec = self.get_input(input_id)
-        allowed = {"preview.png"} | {f"face_{f.index}.png" for f in rec.faces}
-        if name not in allowed:
-            raise WebError(404, "no such file")
-        return rec.dir / name
-
     # -- jobs ------------------------------------------------------------------------------
-    def create_job(self, body: dict[str, Any]) -> JobRecord:
-        """Check the request, build the search target and queue the job."""
-        from pulse_sr.errors import PulseError
-        from pulse_sr.io.images import fit_to_generator, load_image
-        from pulse_sr.search.pulse import validate_settings
-        from pulse_sr.search.settings import SearchSettings
-
-        s = self.settings
-        if not isinstance(body, dict):
-            raise WebError(400, "expected a JSON object")
-        rec = self.get_input(str(body.get("input_id", "")))
-        entries = self.generators.entries
-        gname = body.get("generator") or next((n for n, e in entries.items() if e.default), "")
-        if gname not in entries:  # perhaps downloaded since start-up
-            entries = self.generators.refresh()
-        if gname not in entries:
-            raise WebError(400, f"unknown generator {str(gname)[:40]!r}; offered: {', '.join(entries)}")
-        if not entries[gname].available:
-            raise WebError(400, f"generator {gname} is not available: {entries[gname].reason}")
-        n = int_field(body, "n", min(4, s.max_candidates), 1, s.max_candidates, "candidates")
-        steps = int_field(body, "steps", min(100, s.max_steps), 1, s.max_steps, "steps")
-        seed = int_field(body, "seed", 0, 0, 2**31 - 1, "seed")
-        eps = body.get("eps", 2e-3)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-            raise WebError(400, "eps must be a number in (0, 1]")
-        resize, crop = bool(body.get("resize", False)), bool(body.get("center_crop", False))
-        settings = SearchSettings(steps=steps, eps=float(eps))
-        validate_settings(settings)
-        res = entries[gname].resolution
-        if res is None:  # not known without loading (zoo entries)
-            try:
-                res = int(self.generators.get(gname)[0].resolution)
-            except (PulseError, OSError) as e:
-                raise WebError(500, f"cannot load generator {gname}: {e}") from None
-        face = None
-        face_index = body.get("face")
-        try:
-            if face_index is not None:
-                if isinstance(face_index, bool) or not isinstance(face_index, int) \
-                        or not 0 <= face_index < len(rec.faces):
-                    raise WebError(400, "no such face in this photo")
-                from pulse_sr.degradations.bicubic import valid_input_sizes
-                from pulse_sr.io.images import nearest_size
-                from pulse_sr.web import photos
-
-                sizes = valid_input_sizes(res)
-                size = body.get("size") or nearest_size(DEFAULT_FACE_SIZE, sizes)
-                if size not in sizes:
-                    raise WebError(400, f"face size must be one of {', '.join(map(str, sizes))} for {gname}")
-                photo = load_image(rec.dir / "upload.bin", max_pixels=s.max_pixels)
-                face = photos.align_face(photo, rec.faces[face_index], gname, res)
-                target = face.low_res(int(size))
-                notes = [(f"face {face_index} of the photo, FFHQ-aligned for {gname}, "
-                          f"downscaled to {size}x{size}")]
-            else:
-                img = load_image(rec.dir / "upload.bin", max_pixels=s.max_pixels)
-                target, notes = fit_to_generator(img, res, resize=resize, center_crop=crop,
-                                                 name="input")
-        except PulseError as e:
-            raise WebError(400, user_text(str(e), rec.dir / "upload.bin")) from None
+    def create_job(self, body: Any) -> JobRecord:
+        """Check the request (a decoded JSON body), build the search target and queue the job."""
+        req = parse_job_request(body, self.settings)
+        rec = self.store.get(req.input_id)
+        gname = self._generator_name(req.generator)
+        settings = self._search_settings(req)
+        target, notes, face = self._target(rec, req, gname)
         job = JobRecord(
             id=secrets.token_hex(16), dir=Path(), input_id=rec.id,
-            params={"generator": gname, "n": n, "steps": steps, "eps": float(eps), "seed": seed,
-                    "resize": resize, "center_crop": crop, "face": face_index},
-            target=target, notes=notes, face=face,
+            params={"generator": gname, "n": req.n, "steps": settings.steps, "eps": settings.eps,
+                    "seed": req.seed, "resize": req.resize, "center_crop": req.center_crop,
+                    "face": req.face},
+            target=target, notes=notes, face=face, settings=settings,
             input_info={"path": f"upload: {rec.name}", "original_size": [rec.width, rec.height],
                         "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes},
         )
         if face is not None:
             job.input_info["face"] = face.record()
+        self._enqueue(job, rec)
+        return job
+
+    def _generator_name(self, name: str | None) -> str:
+        """The requested (or default) generator, checked to be offered and available."""
+        entries = self.generators.entries
+        gname = name or next((n for n, e in entries.items() if e.default), "")
+        if gname not in entries:  # perhaps downloaded since start-up
+            entries = self.generators.refresh()
+        if gname not in entries:
+            raise WebError(400, f"unknown generator {gname[:40]!r}; offered: {', '.join(entries)}")
+        if not entries[gname].available:
+            raise WebError(400, f"generator {gname} is not available: {entries[gname].reason}")
+        return gname
+
+    @staticmethod
+    def _search_settings(req: JobRequest) -> Any:
+        """The search settings, built as the CLI builds them from what the user gave."""
+        from pulse_sr.errors import PulseError
+        from pulse_sr.front_end import build_settings
+        from pulse_sr.web.messages import web_error
+
+        try:
+            return build_settings(req.given)
+        except PulseError as e:
+            raise web_error(e) from None
+
+    def _resolution(self, gname: str) -> int:
+        """The generator's output side (loads zoo entries, whose side is not listed)."""
+        from pulse_sr.errors import PulseError
+        from pulse_sr.web.messages import web_error
+
+        res = self.generators.entries[gname].resolution
+        if res is not None:
+            return int(res)
+        try:
+            return int(self.generators.get(gname)[0].resolution)
+        except PulseError as e:
+            raise web_error(e, generator=gname) from None
+        except OSError as e:
+            raise WebError(503, f"cannot load generator {gname}: {e.strerror or e}") from None
+
+    def _target(self, rec: InputRecord, req: JobRequest, gname: str) -> tuple[Any, list[str], Any]:
+        """``(target [3, h, w] in [0, 1], notes, aligned face or None)`` for the request."""
+        from pulse_sr.errors import PulseError
+        from pulse_sr.io.images import fit_to_generator, load_image
+        from pulse_sr.web.messages import web_error
+
+        res = self._resolution(gname)
+        path = rec.dir / UPLOAD
+        try:
+            if req.face is not None:
+                return self._face_target(rec, req, gname, res)
+            img = load_image(path, max_pixels=self.settings.max_pixels)
+            target, notes = fit_to_generator(img, res, resize=req.resize, center_crop=req.center_crop,
+                                             name="input")
+            return target, notes, None
+        except PulseError as e:
+            raise web_error(e, upload=path, generator=gname) from None
+
+    def _face_target(self, rec: InputRecord, req: JobRequest, gname: str, res: int) -> tuple[Any, list[str], Any]:
+        """The chosen face of a photo, FFHQ-aligned and downscaled to the requested size."""
+        from pulse_sr.degradations.bicubic import valid_input_sizes
+        from pulse_sr.io.images import load_image, nearest_size
+        from pulse_sr.web import photos
+
+        if req.face is None or not 0 <= req.face < len(rec.faces):
+            raise WebError(400, "no such face in this photo")
+        sizes = valid_input_sizes(res)
+        size = req.size or nearest_size(DEFAULT_FACE_SIZE, sizes)
+        if size not in sizes:
+            raise WebError(400, f"face size must be one of {', '.join(map(str, sizes))} for {gname}")
+        photo = load_image(rec.dir / UPLOAD, max_pixels=self.settings.max_pixels)
+        face = photos.align_face(photo, rec.faces[req.face], gname, res)
+        notes = [f"face {req.face} of the photo, FFHQ-aligned for {gname}, downscaled to {size}x{size}"]
+        return face.low_res(int(size)), notes, face
+
+    def _enqueue(self, job: JobRecord, rec: InputRecord) -> None:
         with self._cond:
             if self._stopping:
                 raise WebError(503, "the server is shutting down")
-            if len(self._queue) >= s.max_queue:
+            if len(self._queue) >= self.settings.max_queue:
                 raise WebError(429, f"the queue is full ({len(self._queue)} jobs waiting); try again later")
             job.dir = self.root / "jobs" / job.id
             job.dir.mkdir()
@@ -228,7 +193,6 @@ class JobManager:
             self.jobs[job.id] = job
             self._queue.append(job.id)
             self._cond.notify()
-        return job
 
     def get_job(self, job_id: str) -> JobRecord:
         job = self.jobs.get(job_id)
@@ -306,14 +270,12 @@ class JobManager:
 
     def _run(self, job: JobRecord) -> None:
         from pulse_sr.search.pulse import pulse_search
-        from pulse_sr.search.settings import FRONT_END_DEFAULTS, SearchSettings
 
-        p, s = job.params, self.settings
+        p, s, settings = job.params, self.settings, job.settings
         gen, fit = self.generators.get(p["generator"])
         n = p["n"]
         with job.lock:
             job.l2, job.best_l2, job.converged = [None] * n, [None] * n, [False] * n
-        settings = SearchSettings(steps=p["steps"], eps=p["eps"], **FRONT_END_DEFAULTS)  # as the CLI
         started = time.perf_counter()
 
         def callback(info: Any) -> None:
@@ -371,7 +333,7 @@ class JobManager:
             if job.face is not None and rec is not None:
                 from pulse_sr.io.images import load_image, save_png
 
-                photo = load_image(rec.dir / "upload.bin", max_pixels=self.settings.max_pixels)
+                photo = load_image(rec.dir / UPLOAD, max_pixels=self.settings.max_pixels)
                 before, after = photos.paste_back(photo, job.face, result.hr)
                 save_png(before, tmp / "photo.png")
                 for k, img in enumerate(after):
@@ -440,7 +402,7 @@ class JobManager:
                     gone.append(job.dir)
             for iid, rec in list(self.inputs.items()):
                 if iid not in busy_inputs and now - rec.touched > ttl:
-                    del self.inputs[iid]
+                    self.store.forget(rec)
                     gone.append(rec.dir)
         for d in gone:
             shutil.rmtree(d, ignore_errors=True)

@@ -44,6 +44,11 @@ class WebSettings:
     photo_max_side: int = 2048
     work_dir: str | None = None
     generators: tuple[str, ...] | None = None
+    #: all stored uploads together (inputs kept until ``job_ttl``): at most this many MB and files
+    max_stored_mb: float = 500.0
+    max_stored_files: int = 200
+    #: largest ``POST /api/jobs`` body in KB
+    max_json_kb: float = 64.0
 
 
 @dataclass
@@ -61,6 +66,8 @@ class InputRecord:
     faces: list[Any] = field(default_factory=list)
     align_available: bool = False
     message: str = ""
+    #: bytes of the stored upload (counted against ``max_stored_mb``)
+    size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +91,8 @@ class JobRecord:
     notes: list[str]
     input_info: dict[str, Any]
     face: Any = None
+    #: the search settings (:func:`pulse_sr.front_end.build_settings`, as the CLI builds them)
+    settings: Any = None
     state: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None

@@ -141,7 +141,8 @@ async function useExample(name, button) {
   showError("");
   markExample(button);
   try {
-    setInput(await api(`/api/examples/${encodeURIComponent(name)}`, { method: "POST" }));
+    setInput(await api(`/api/examples/${encodeURIComponent(name)}`, { method: "POST",
+      headers: { "Content-Type": "application/json" } }));
   } catch (e) {
     setInput(null);
     showError(e.message);
@@ -320,7 +321,8 @@ async function cancelJob() {
   if (!state.job) return;
   $("cancel").disabled = true;
   try {
-    await api(`/api/jobs/${state.job}/cancel`, { method: "POST" });
+    await api(`/api/jobs/${state.job}/cancel`, { method: "POST",
+      headers: { "Content-Type": "application/json" } });
     $("status-text").textContent = "cancelling …";
   } catch (e) {
     showError(e.message);
