@@ -10,14 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import pulse_sr
 
 SRC = Path(pulse_sr.__file__).resolve().parent
-#: a cycle other engineers are removing (search/coarse.py reads and writes Search's internals);
-#: tolerated here only as exactly this pair, and tested on its own as a known failure
-KNOWN = {frozenset({"pulse_sr.search.coarse", "pulse_sr.search.pulse"})}
 
 
 def modules(root: Path, package: str) -> dict[str, Path]:
@@ -116,14 +111,8 @@ def cycles(g: dict[str, set[str]]) -> list[set[str]]:
 
 
 def test_no_import_cycles() -> None:
-    found = [c for c in cycles(graph(SRC, "pulse_sr")) if frozenset(c) not in KNOWN]
+    found = cycles(graph(SRC, "pulse_sr"))
     assert found == [], f"import cycles (lazy imports included): {[sorted(c) for c in found]}"
-
-
-@pytest.mark.xfail(reason="search/coarse.py <-> search/pulse.py: being removed in the search rework "
-                   "(issue 12); remove this mark when it is gone", strict=False)
-def test_no_search_coarse_pulse_cycle() -> None:
-    assert not [c for c in cycles(graph(SRC, "pulse_sr")) if frozenset(c) in KNOWN]
 
 
 def test_web_never_imports_cli() -> None:
