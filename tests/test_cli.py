@@ -69,9 +69,11 @@ def test_folder_with_good_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureF
     assert len(err_lines) == 5
     for name in ("empty.png", "text.png", "cut.png", "seven.png", "wide.png"):
         assert sum(name in ln for ln in err_lines) == 1, (name, stderr)
-    assert "notes.txt" not in stdout + stderr
+    # issue 14: a file the scan does not take is no longer dropped without a word: the summary
+    # counts it as skipped, with the reason (it was "summary: 2 done, 0 skipped, 5 failed")
+    assert "notes.txt" not in stderr and f"  skipped: {src / 'notes.txt'} (not a supported image type" in stdout
     assert "Traceback" not in stderr
-    assert "summary: 2 done, 0 skipped, 5 failed" in stdout
+    assert "summary: 2 done, 1 skipped, 5 failed" in stdout
     assert "--center-crop" in stderr and "4, 8 or 16" in stderr
 
     from pulse_sr.degradations.bicubic import bicubic_downsample
@@ -353,3 +355,51 @@ def test_zoo_generator_not_downloaded_needs_consent(tmp_path: Path, capsys: pyte
                            "stylegan2-ffhq-1024` or pass --download (or set PULSE_SR_ALLOW_DOWNLOAD=1)")
     assert not (tmp_path / "out").exists()
     assert not [p for p in (tmp_path / "weights").rglob("*") if p.is_file()]
+
+
+# -- settings: one builder for the CLI and the web app ---------------------------------------
+@pytest.mark.parametrize("argv,body,faithful", [
+    (["--steps", "50", "--eps", "0.003", "--lr", "0.4"], {"steps": 50, "eps": 0.003, "lr": 0.4}, False),
+    ([], {}, False),
+    (["--faithful", "--steps", "7"], {"steps": 7}, True),
+    (["--no-lean-memory", "--mode", "fast", "--bad-noise-layers", "1,2"],
+     {"lean_memory": False, "mode": "fast", "bad_noise_layers": [1, 2]}, False),
+])
+def test_cli_and_web_build_identical_settings(argv: list[str], body: dict, faithful: bool) -> None:
+    """The CLI's settings are front_end.build_settings of what the user gave, exactly what the web
+    app builds from the same request's JSON body; lean memory is on unless turned off (the web
+    app used to run without it)."""
+    from pulse_sr.cli.common import settings_from_args
+    from pulse_sr.front_end import build_settings
+
+    args = cli.build_parser().parse_args(["run", "x.png", "-o", "o", *argv])
+    from_cli = settings_from_args(args)
+    assert from_cli == build_settings(body, faithful=faithful)
+    assert from_cli.lean_memory is body.get("lean_memory", True)
+    if hasattr(from_cli, "given"):
+        assert set(from_cli.given) == set(body)  # an explicit --lr 0.4 is expressed, omitted options are not
+
+
+def test_search_options_default_to_none() -> None:
+    """No literal re-declaring of the settings' defaults in the CLI: every option named after a
+    SearchSettings field defaults to None (build_settings fills what the user did not give)."""
+    import dataclasses
+
+    from pulse_sr.search.settings import SearchSettings
+
+    fields = {f.name for f in dataclasses.fields(SearchSettings)}
+    parser = cli.build_parser()
+    for command in ("run", "restore"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        options = {a.dest: a.default for a in sub._actions if a.dest in fields}
+        assert len(options) >= 17, options
+        assert {k: v for k, v in options.items() if v is not None} == {}, command
+
+
+def test_help_states_the_library_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from pulse_sr.search.settings import SearchSettings
+
+    assert cli.main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    d = SearchSettings()
+    assert f"default {d.steps}" in text and f"default {d.eps:g}" in text and f"default {d.lr}" in text

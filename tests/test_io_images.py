@@ -200,18 +200,57 @@ def test_nearest_size_log_scale_ties_to_larger() -> None:
 
 
 def test_fit_errors_list_sizes() -> None:
+    """The library's size errors speak no front end's language (no "--resize"): neutral text plus
+    the data; the command line renders its hint from the data, word for word as before."""
+    from pulse_sr.cli.common import render_error
+
     img = torch.rand(3, 20, 20)
     with pytest.raises(SizeError) as info:
         fit_to_generator(img, 64, name="face.png")
     assert str(info.value) == (
+        "face.png: input is 20x20; a 64x64 generator takes 4, 8, 16 or 32 pixel squares (nearest: 16)"
+    )
+    assert info.value.kind == "size" and "--" not in str(info.value)
+    assert {k: info.value.data[k] for k in ("size", "valid_sizes", "nearest", "square")} == {
+        "size": [20, 20], "valid_sizes": [4, 8, 16, 32], "nearest": 16, "square": True}
+    assert render_error(info.value) == (
         "face.png: input is 20x20; a 64x64 generator takes 4, 8, 16 or 32 pixel squares "
         "(use --resize to resize to the nearest: 16)"
     )
     with pytest.raises(SizeError) as info:
         fit_to_generator(torch.rand(3, 16, 20), 64, name="wide.png")
-    assert str(info.value) == (
+    assert str(info.value) == "wide.png: input is 20x16, not square"
+    assert info.value.data["square"] is False and info.value.data["size"] == [20, 16]
+    assert render_error(info.value) == (
         "wide.png: input is 20x16, not square; use --center-crop to crop the central 16x16"
     )
+
+
+def test_image_errors_carry_path_and_problem(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path / "empty.png")
+    assert info.value.kind == "image"
+    assert info.value.data == {"path": str(tmp_path / "empty.png"), "problem": "empty file"}
+    assert str(info.value) == f"{tmp_path / 'empty.png'}: empty file"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_float_tiff_with_non_finite_pixel_refused(tmp_path: Path, bad: float) -> None:
+    """issue 14: one +inf pixel in a float TIFF silently rescaled the whole image (the max was
+    inf, so every finite pixel became 0); a NaN became black. Refused, naming the file."""
+    a = np.full((8, 8), 0.5, dtype=np.float32)
+    a[3, 4] = bad
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    with Image.open(tmp_path / "f.tif") as im:
+        assert im.mode == "F"  # the file really holds float32 pixels
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path / "f.tif")
+    assert str(info.value).startswith(f"{tmp_path / 'f.tif'}: ") and "non-finite" in str(info.value)
+    a[3, 4] = 0.25  # the same image with a finite pixel loads, values kept
+    Image.fromarray(a, mode="F").save(tmp_path / "g.tif")
+    x = load_image(tmp_path / "g.tif")
+    assert float(x[0, 0, 0]) == 0.5 and float(x[1, 3, 4]) == 0.25
 
 
 def test_fit_ok_resize_and_crop() -> None:

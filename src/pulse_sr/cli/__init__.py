@@ -2,14 +2,16 @@
 
 ``pulse-sr run INPUT... -o OUTDIR`` searches a face GAN for faces that
 downscale to each input and writes them, with their proof, to
-``OUTDIR/<stem>/``. ``pulse-sr convert SRC -o DST.safetensors`` saves a
-generator in pulse-sr's own weights format. Heavy modules (torch, the engine) are imported inside the
-command functions so ``pulse-sr --help`` stays fast.
+``OUTDIR/<stem>/``; ``align`` and ``restore`` do the same for faces in photos;
+``pulse-sr convert SRC -o DST.safetensors`` saves a generator in pulse-sr's own
+weights format; ``serve`` starts the web app; ``weights`` manages the zoo. Heavy
+modules (torch, the engine) are imported inside the command functions so
+``pulse-sr --help`` stays fast.
 
 Exit codes: 0 every input done (or skipped) with at least one candidate within
 eps; 1 some input failed (or an unexpected error); 2 bad usage, device or
-generator; 3 all processed but some input had no candidate within eps;
-130 interrupted.
+generator; 3 all processed but some input (done now, or skipped because an
+earlier run did it) has no candidate within eps; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and te
 from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
 
 #: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
-SUBCOMMANDS = ("run", "align", "convert", "serve", "weights")
+SUBCOMMANDS = ("run", "align", "restore", "convert", "serve", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the server until interrupted (Ctrl-C); returns 0."""
+    """Run the server until interrupted (Ctrl-C); returns 0. Missing web packages, a bad device or
+    an address it cannot listen on are a UsageError (exit 2)."""
     import importlib.util
 
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]

@@ -107,9 +107,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    """Write ``obj`` as indented UTF-8 JSON, atomically.
+
+    Lone surrogates (file names that are not UTF-8, as ``os.fsdecode`` gives them) cannot be
+    UTF-8 encoded: they are written as JSON ``\\udcXX`` escapes, which read back as the same
+    string (``os.fsencode`` of it gives the original bytes).
+    """
     text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -146,6 +151,59 @@ def clean_stale(final_dir: str | os.PathLike[str]) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(final_dir: str | os.PathLike[str]) -> Path:
+    """The lock file of a result folder: ``.<name>.lock`` beside it."""
+    final_dir = Path(final_dir)
+    return final_dir.parent / f".{final_dir.name}{LOCK_SUFFIX}"
+
+
+def try_lock(final_dir: str | os.PathLike[str]) -> int | None:
+    """Claim ``final_dir`` for this process: create ``.<name>.lock`` (``O_EXCL``) holding our pid.
+
+    Returns ``None`` when claimed (release with :func:`unlock`), else the pid of the live
+    process that holds it. A lock whose process is dead (on this host) is stale: removed and
+    claimed. A lock file without a readable pid counts as held (pid 0) unless it is older
+    than a minute (a writer dies between create and write only by a crash).
+    """
+    import time
+
+    path = lock_path(final_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                text = path.read_text(encoding="ascii", errors="replace").strip()
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if text.isdigit() and (int(text) == os.getpid() or _pid_alive(int(text))):
+                return int(text)
+            if not text.isdigit() and age < 60:
+                return 0
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        return None
+    return 0
+
+
+def unlock(final_dir: str | os.PathLike[str]) -> None:
+    """Release the lock of :func:`try_lock` (only when this process holds it)."""
+    path = lock_path(final_dir)
+    try:
+        if path.read_text(encoding="ascii", errors="replace").strip() == str(os.getpid()):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def glob_escape(text: str) -> str:

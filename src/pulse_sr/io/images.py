@@ -42,6 +42,11 @@ def load_rgb8(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIX
     return to_rgb8(open_image(path, max_pixels=max_pixels))
 
 
+def _bad(name: str, problem: str) -> ImageError:
+    """``ImageError("<name>: <problem>", path=name, problem=problem)``."""
+    return ImageError(f"{name}: {problem}", path=name, problem=problem)
+
+
 def open_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read, check and decode an image file into a Pillow image, EXIF orientation applied.
 
@@ -51,26 +56,24 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     p = Path(path)
     name = str(path)
     if not p.exists():
-        raise ImageError(f"{name}: file not found")
+        raise _bad(name, "file not found")
     if p.is_dir():
-        raise ImageError(f"{name}: is a directory, not an image file")
+        raise _bad(name, "is a directory, not an image file")
     try:
         size = p.stat().st_size
     except OSError as e:
-        raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+        raise _bad(name, f"cannot read ({e.strerror or e})") from None
     if size == 0:
-        raise ImageError(f"{name}: empty file")
+        raise _bad(name, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p, formats=_formats()) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise ImageError(
-                        f"{name}: too many pixels ({w}x{h} = {w * h:,}; the limit is {max_pixels:,})"
-                    )
+                    raise _bad(name, f"too many pixels ({w}x{h} = {w * h:,}; the limit is {max_pixels:,})")
                 if w < MIN_SIDE or h < MIN_SIDE:
-                    raise ImageError(f"{name}: too small ({w}x{h}; at least {MIN_SIDE}x{MIN_SIDE} needed)")
+                    raise _bad(name, f"too small ({w}x{h}; at least {MIN_SIDE}x{MIN_SIDE} needed)")
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 try:
@@ -78,20 +81,26 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                 except Image.DecompressionBombError:
                     raise
                 except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
-                    raise ImageError(f"{name}: truncated or corrupt image data ({_short(e)})") from None
+                    raise _bad(name, f"truncated or corrupt image data ({_short(e)})") from None
+                _check_finite(img, name)
                 return _orient(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too many pixels ({_short(e)})") from None
+        raise _bad(name, f"too many pixels ({_short(e)})") from None
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{name}: not an image (or not a supported format: PNG, JPEG, WebP, BMP, TIFF, GIF)"
-        ) from None
+        raise _bad(name, "not an image (or not a supported format: PNG, JPEG, WebP, BMP, TIFF, GIF)") from None
     except PermissionError:
-        raise ImageError(f"{name}: permission denied") from None
+        raise _bad(name, "permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{name}: cannot read image ({_short(e)})") from None
+        raise _bad(name, f"cannot read image ({_short(e)})") from None
+
+
+def _check_finite(img: Image.Image, name: str) -> None:
+    """Float images (mode ``F``, e.g. 32-bit TIFF) must hold finite pixels: one ``inf`` would
+    otherwise rescale the whole image and a ``nan`` turn black."""
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+        raise _bad(name, "non-finite pixel values (NaN or infinity) in a floating-point image")
 
 
 def _formats() -> list[str]:
@@ -203,31 +212,38 @@ def fit_to_generator(
     """Make ``img [3, H, W]`` a valid search target; returns ``(target, notes)``.
 
     Non-square inputs need ``center_crop``; sides the generator cannot take
-    need ``resize`` (bicubic, antialiased, to the nearest valid size).
+    need ``resize`` (bicubic, antialiased, to the nearest valid size). Otherwise a
+    :class:`SizeError` with ``data``: ``path``, ``size`` ``[w, h]``, ``valid_sizes``,
+    ``nearest`` (the valid size a resize would give), ``square``, ``resolution``; front ends
+    render their own hint (a flag, a tick box) from these.
     """
     if img.ndim != 3 or img.shape[0] != 3:
-        raise SizeError(f"{name}: expected a [3, H, W] RGB image, got shape {list(img.shape)}")
+        raise SizeError(f"{name}: expected a [3, H, W] RGB image, got shape {list(img.shape)}",
+                        path=name, size=None, valid_sizes=valid_input_sizes(resolution), nearest=None,
+                        square=False)
     notes: list[str] = []
     h, w = int(img.shape[1]), int(img.shape[2])
+    sizes = valid_input_sizes(resolution)
+    data = {"path": name, "size": [w, h], "valid_sizes": sizes, "resolution": resolution}
     if h != w:
         s = min(h, w)
         if not center_crop:
-            raise SizeError(
-                f"{name}: input is {w}x{h}, not square; use --center-crop to crop the central {s}x{s}"
-            )
+            nearest = nearest_size(s, sizes) if sizes else None
+            raise SizeError(f"{name}: input is {w}x{h}, not square", **data, nearest=nearest, square=False)
         top, left = (h - s) // 2, (w - s) // 2
         img = img[:, top : top + s, left : left + s]
         notes.append(f"center-cropped {w}x{h} to the central {s}x{s} (left {left}, top {top})")
         h = w = s
-    sizes = valid_input_sizes(resolution)
     if not sizes:
-        raise SizeError(f"{name}: a {resolution}x{resolution} generator takes no input size")
+        raise SizeError(f"{name}: a {resolution}x{resolution} generator takes no input size",
+                        **data, nearest=None, square=True)
     if h not in sizes:
         target = nearest_size(h, sizes)
         if not resize:
             raise SizeError(
                 f"{name}: input is {w}x{h}; a {resolution}x{resolution} generator takes "
-                f"{_or_list(sizes)} pixel squares (use --resize to resize to the nearest: {target})"
+                f"{_or_list(sizes)} pixel squares (nearest: {target})",
+                **data, nearest=target, square=True,
             )
         img = resize_image(img, target)
         notes.append(f"resized {w}x{h} to {target}x{target} (bicubic, antialiased)")

@@ -310,7 +310,7 @@ class JobManager:
         return [png_data_url(preview_image(img, self.settings.preview_max_side)) for img in hr]
 
     def _write(self, job: JobRecord, gen: Any, result: Any, settings: Any, started: float) -> None:
-        from pulse_sr.cli.run import write_result_files
+        from pulse_sr.io.results import write_result_files
         from pulse_sr.io.files import staged_dir
         from pulse_sr.web import photos
         from pulse_sr.web.generators import BUILTIN
