@@ -1,6 +1,7 @@
 """pulse-sr's own ``.safetensors`` weights format: round trips, no pickle, errors, Gaussian fit."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -68,6 +69,9 @@ def test_round_trip(which: str, dcgan, tmp_path: Path) -> None:
     want, got = gen.describe(), loaded.describe()
     assert got.pop("weights_source") == str(path)
     want.pop("weights_source")
+    # issue 14: the hash is always the loaded file's own bytes; the original's is provenance
+    assert got.pop("weights_sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    want.pop("weights_sha256")
     assert got == want
     meta = read_metadata(path)
     assert meta["source"]["sha256"] == gen.weights_hash and "/" not in meta["source"]["path"]
@@ -189,8 +193,8 @@ def test_cli_convert_stylegan1_weights(weights_dir: Path, gen, tmp_path: Path,
     assert f"backend stylegan1, {len(gen.state_dict())} tensors" in out
     loaded = pulse_sr.load_generator(dst)
     assert_same_state(gen, loaded)
-    assert loaded.weights_hash == gen.weights_hash and loaded.name == "stylegan1"
-    assert read_metadata(dst)["source"]["path"] == weights_dir.name
+    assert loaded.weights_hash == hashlib.sha256(dst.read_bytes()).hexdigest() and loaded.name == "stylegan1"
+    assert read_metadata(dst)["source"] == {"path": weights_dir.name, "sha256": gen.weights_hash}
 
 
 def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -209,11 +213,13 @@ def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(gf, "fit_gaussian", no_fit)
     loaded = load_own(dst)
-    cache = gf.gaussian_fit_cache_path(tiny.weights_hash, gf.DEFAULT_SAMPLES, gf.DEFAULT_SEED)
+    own_hash = hashlib.sha256(dst.read_bytes()).hexdigest()  # the stored fit is cached under the file's hash
+    assert loaded.weights_hash == own_hash != tiny.weights_hash
+    cache = gf.gaussian_fit_cache_path(own_hash, gf.DEFAULT_SAMPLES, gf.DEFAULT_SEED)
     assert cache.parent.parent == fresh and cache.is_file()
     payload = torch.load(cache, weights_only=True)
     assert set(payload) == {"mean", "std", "samples", "seed", "weights_hash"}
-    assert payload["weights_hash"] == tiny.weights_hash and payload["samples"] == gf.DEFAULT_SAMPLES
+    assert payload["weights_hash"] == own_hash and payload["samples"] == gf.DEFAULT_SAMPLES
     mean, std = gf.cached_gaussian_fit(loaded)
     assert torch.equal(mean, want_mean) and torch.equal(std, want_std)
 
