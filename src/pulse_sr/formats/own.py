@@ -164,6 +164,8 @@ def _open(path: Path) -> tuple[dict[str, Any], Any]:
         meta = json.loads(text)
     except ValueError as exc:
         raise WeightsError(f"{path}: invalid pulse-sr metadata (not JSON: {exc})") from None
+    except RecursionError:
+        raise WeightsError(f"{path}: invalid pulse-sr metadata (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: invalid pulse-sr metadata (expected a JSON object)")
     version = meta.get("format_version")
