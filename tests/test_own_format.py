@@ -12,7 +12,7 @@ import torch
 import pulse_sr
 from pulse_sr import cli
 from pulse_sr.errors import WeightsError
-from pulse_sr.formats.own import METADATA_KEY, load_own, read_metadata, save_generator
+from pulse_sr.formats.own import METADATA_KEY, generator_constructor, load_own, read_metadata, save_generator
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.generators.stylegan2 import StyleGAN2Generator
 from pulse_sr.search import gaussian_fit as gf
@@ -234,3 +234,63 @@ def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     code, out, err = run(["convert", "dcgan-digiface", "-o", dc, "--with-gaussian-fit"], capsys)
     assert code == 0 and "no Gaussian fit (dcgan has no mapping network)" in out, err
     assert read_metadata(dc)["gaussian_fit"] is None
+
+
+# -- constructor arguments recorded by the generators (issue 12) ------------------------------
+OLD_FILES = Path(__file__).parent / "data" / "own_v1"
+
+
+@pytest.mark.parametrize("name", ["stylegan1-8px", "stylegan2-8px"])
+def test_files_written_by_the_isinstance_ladder_still_load(name: str) -> None:
+    """Files written before generators recorded their constructor arguments (commit 0978df6)
+    load and compute the function they were written from."""
+    path = OLD_FILES / f"{name}.safetensors"
+    expected = torch.load(OLD_FILES / f"{name}.expected.pt", weights_only=True)
+    gen = load_own(path)
+    assert gen.weights_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    with torch.inference_mode():
+        ws = gen.mapping(expected["z"])[:, None].expand(-1, gen.num_ws, -1)
+        out = gen.synthesis(ws, expected["noise"] or None)
+    # Same code path and operation order as when the file was written; another CPU's kernels may
+    # round differently: a few hundred float32 operations per output value (8 mapping/synthesis
+    # layers, 3x3 convs over <= 8 channels), each within 2**-24 relative, conditioned near 1:
+    # 1e-5 of the output's scale bounds that sum with a wide margin.
+    scale = expected["out"].abs().max()
+    assert (out - expected["out"]).abs().max() <= 1e-5 * scale
+    # saving the loaded generator again writes the generator's own record of its arguments
+    again = generator_constructor(gen)[1]
+    assert type(gen)(**again).state_dict().keys() == gen.state_dict().keys()
+
+
+@pytest.mark.parametrize("which", ["dcgan", "tiny", "stylegan2"])
+def test_every_backend_records_json_safe_constructor_args(which: str, dcgan) -> None:
+    gen: FaceGenerator = {"dcgan": lambda: dcgan, "tiny": lambda: pulse_sr.load_generator("tiny"),
+                          "stylegan2": small_stylegan2}[which]()
+    args = gen.constructor_args()
+    assert json.loads(json.dumps(args)) == args
+    rebuilt = type(gen)(**args)
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == \
+           {k: tuple(v.shape) for k, v in gen.state_dict().items()}
+    args["z_dim"] = -1  # a copy: the generator's record is unchanged
+    assert gen.constructor_args()["z_dim"] == gen.z_dim
+
+
+def test_stylegan2_records_its_current_modconv_form() -> None:
+    gen = small_stylegan2()
+    gen.set_fused_modconv(False)
+    assert gen.constructor_args()["fused_modconv"] is False
+
+
+def test_framing_is_an_attribute_of_the_generator(dcgan) -> None:
+    from pulse_sr.io.align import DIGIFACE_FRAMING, FFHQ_FRAMING, framing_for
+
+    tiny = pulse_sr.load_generator("tiny")
+    assert dcgan.framing == DIGIFACE_FRAMING and DIGIFACE_FRAMING.side == 1.28
+    assert tiny.framing == FFHQ_FRAMING and small_stylegan2().framing == FFHQ_FRAMING
+    assert framing_for(dcgan) is dcgan.framing and framing_for(tiny) is FFHQ_FRAMING
+    # the deprecated lookup by name still answers as before for callers holding only a name
+    assert framing_for("dcgan-digiface") == DIGIFACE_FRAMING and framing_for("stylegan2") == FFHQ_FRAMING
+    # per backend, not per name: a DCGAN renamed (or loaded from the own format) keeps its framing
+    dcgan_like = type(dcgan)()
+    dcgan_like.name = "renamed"
+    assert framing_for(dcgan_like) == DIGIFACE_FRAMING
