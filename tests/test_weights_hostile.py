@@ -266,3 +266,23 @@ def test_metadata_cannot_set_the_weights_hash(tmp_path: Path) -> None:
     gen = load_own(path)
     truth = hashlib.sha256(path.read_bytes()).hexdigest()
     assert gen.weights_hash == truth and gen.describe()["weights_sha256"] == truth
+
+
+def test_nvidia_release_arguments_pass_the_checks() -> None:
+    """The init kwargs NVIDIA's released StyleGAN2-ADA and StyleGAN3 pickles carry are accepted
+    (numpy scalars, a string fused_modconv_default, None features)."""
+    import numpy as np
+
+    from pulse_sr.generators.limits import check_arguments
+
+    check_arguments({"z_dim": 512, "w_dim": 512, "img_resolution": 1024, "img_channels": 3, "c_dim": 0,
+                     "mapping_kwargs": {"num_layers": 8, "embed_features": None, "layer_features": None,
+                                        "activation": "lrelu", "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+                     "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512, "num_fp16_res": 4,
+                                          "conv_clamp": 256, "architecture": "skip", "resample_filter": [1, 3, 3, 1],
+                                          "use_noise": True, "activation": "lrelu", "fp16_channels_last": False,
+                                          "fused_modconv_default": "inference_only"}})
+    check_arguments({"z_dim": 512, "w_dim": 512, "img_resolution": np.int64(1024), "img_channels": 3,
+                     "channel_base": 65536, "channel_max": 1024, "magnitude_ema_beta": np.float64(0.5 ** (32 / 20000)),
+                     "conv_kernel": 1, "use_radial_filters": True, "conv_clamp": 256, "num_fp16_res": 4,
+                     "mapping_kwargs": {"num_layers": 2, "freeze_layers": 0}})

@@ -44,7 +44,7 @@ _POW2 = ("resolution", "img_resolution")
 _FLOATS = {"first_cutoff", "first_stopband", "last_stopband_rel", "output_scale", "lr_multiplier",
            "magnitude_ema_beta", "w_avg_beta", "conv_clamp"}
 _POSITIVE = {"first_cutoff", "first_stopband", "last_stopband_rel", "lr_multiplier"}
-_BOOLS = {"use_noise", "use_radial_filters", "fused_modconv", "fp16_channels_last", "fused_modconv_default"}
+_BOOLS = {"use_noise", "use_radial_filters", "fused_modconv"}  # NVIDIA's fused_modconv_default may be a string
 _STRINGS = {"architecture", "activation"}
 _NESTED = ("mapping_kwargs", "synthesis_kwargs")
 
