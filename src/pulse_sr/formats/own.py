@@ -244,7 +244,9 @@ def load_own(path: str | Path, *, device: str | torch.device = "cpu") -> FaceGen
         gen = _build(backend, constructor, {key: shape for key, (shape, _) in header.items()})
         expected = gen.state_dict()
         for key, (_, dtype) in header.items():
-            check_dtype(key, _DTYPES.get(dtype, torch.complex64), expected[key].dtype)
+            if dtype not in _DTYPES:
+                raise WeightsError(f"tensor {key}: dtype {dtype} cannot be used", tensor=key)
+            check_dtype(key, _DTYPES[dtype], expected[key].dtype)
     except WeightsError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise WeightsError(f"{path}: cannot build the {backend} generator from its metadata ({detail})",
