@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pulse_sr.cache import CACHE_ENV, WEIGHTS_ENV, default_cache_dir, weights_root
 from pulse_sr.errors import WeightsError
 
-WEIGHTS_ENV = "PULSE_SR_WEIGHTS"
-CACHE_ENV = "PULSE_SR_CACHE"
 #: serve every zoo file from ``<base>/<file name>`` instead of its published URL (mirrors, tests)
 BASE_URL_ENV = "PULSE_SR_ZOO_BASE_URL"
 MANIFEST = "manifest.json"
@@ -220,30 +219,6 @@ def is_zoo_name(name: object) -> bool:
 
 
 # -- cache layout ---------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$PULSE_SR_CACHE`` if set, else the platform's user cache dir for ``pulse-sr``.
-
-    The same rule as :func:`pulse_sr.search.gaussian_fit.default_cache_dir` (repeated here
-    so listing the zoo does not import torch).
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("pulse-sr"))
-
-
-def weights_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Where zoo checkpoints are kept: ``root``, else ``$PULSE_SR_WEIGHTS``, else ``<cache>/weights``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser()
-    return default_cache_dir() / "weights"
-
-
 def entry_dir(entry: ZooEntry, root: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder of one checkpoint."""
     return weights_root(root) / entry.name
