@@ -144,11 +144,10 @@ def load_photo(path: Path, max_pixels: int) -> Any:
 # -- align ---------------------------------------------------------------------------------
 def cmd_align(args: argparse.Namespace) -> int:
     """``pulse-sr align``: exit 0 all done or skipped, 1 some photo failed (no face, unreadable)."""
-    from pulse_sr.io.align import framing_for
 
     opts, faces = RunOptions.from_args(args), FaceOptions.from_args(args)
     generator = generator_from_args(args, "cpu")
-    framing = framing_for(generator.name)
+    framing = generator.framing
     size = resolve_size(faces.size, int(generator.resolution))
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: opts.outdir / f"{output_name(p)}.json")
 

@@ -68,8 +68,6 @@ def restore_main(args: argparse.Namespace) -> int:
     (:func:`add_face_options`, :func:`add_paste_options`) default when absent.
     Exit codes as ``run``: 0, 1 some photo failed, 2 usage, 3 a face without a candidate within eps.
     """
-    from pulse_sr.io.align import framing_for
-
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     paste = PasteOptions.from_args(args, opts.n)
@@ -80,7 +78,7 @@ def restore_main(args: argparse.Namespace) -> int:
     size = resolve_size(faces.size, int(generator.resolution))
     announce_gaussian_fit(generator, quiet=opts.quiet)
     announce_compile(settings, generator, quiet=opts.quiet)
-    r = Restore(opts, faces, paste, generator, settings, framing_for(generator.name), size)
+    r = Restore(opts, faces, paste, generator, settings, generator.framing, size)
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: result_dir(opts.outdir, p))
     return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED)
 
