@@ -151,6 +151,9 @@ def add_paste_options(p: Any) -> None:
                    "the generator's full resolution, at least 1)")
     g.add_argument("--max-side", type=int_at_least(16), default=MAX_SIDE,
                    help=f"cap on the restored photo's longer side (default {MAX_SIDE})")
+    g.add_argument("--force", action="store_true",
+                   help="also restore faces already at least the generator's resolution (by default "
+                   "they are left untouched: restoring would only replace them with an invented face)")
 
 
 # -- parsed options ------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class Restore:
     settings: Any
     framing: Any
     size: int
+    force: bool = False
 
 
 def restore_main(args: argparse.Namespace) -> int:
@@ -78,7 +79,8 @@ def restore_main(args: argparse.Namespace) -> int:
     size = resolve_size(faces.size, int(generator.resolution))
     announce_gaussian_fit(generator, quiet=opts.quiet)
     announce_compile(settings, generator, quiet=opts.quiet)
-    r = Restore(opts, faces, paste, generator, settings, generator.framing, size)
+    r = Restore(opts, faces, paste, generator, settings, generator.framing, size,
+                force=bool(getattr(args, "force", False)))
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: result_dir(opts.outdir, p))
     return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED)
 
@@ -89,6 +91,45 @@ def _restore_one(job: Job, r: Restore) -> None:
     with claimed(job, final) as ours:
         if ours and not already_done(job, final, overwrite=r.opts.overwrite, converged_key="all_faces_converged"):
             _restore_photo(job, final, r)
+
+
+def face_gain(face_pixels: float, resolution: int) -> tuple[str, str]:
+    """What restoring a face of ``face_pixels`` (side of its aligned crop in photo pixels) can
+    give a ``resolution`` generator: ``("skip" | "warn" | "restore", reason)``.
+
+    Local stand-in for :mod:`pulse_sr.io.face_gain` (the web app's rule) until it is merged:
+    a face at least as large as the generator's output has nothing to gain; one of at least
+    :data:`WARN_FRACTION` of it gains little (the result is an invention at no higher
+    resolution)."""
+    if face_pixels >= resolution:
+        return "skip", (f"the face is already {face_pixels:.0f} px, at least the generator's "
+                        f"{resolution} px: restoring would only replace it (use --force to restore anyway)")
+    if face_pixels >= WARN_FRACTION * resolution:
+        return "warn", (f"the face is {face_pixels:.0f} px, close to the generator's {resolution} px: "
+                        "the result is an invented face at no higher resolution")
+    return "restore", ""
+
+
+#: faces from this fraction of the generator's resolution up get a warning (30 px for 64)
+WARN_FRACTION = 0.45
+
+
+def _gains(faces: list[Any], r: Restore) -> list[str]:
+    """Per face: ``""`` to restore it, else why it is skipped (a note added when it gains little)."""
+    resolution = int(r.generator.resolution)
+    skips = []
+    for face in faces:
+        if face.detection is None:  # the whole image, taken as an aligned face: the user asked
+            skips.append("")
+            continue
+        verdict, why = face_gain(face.face_pixels, resolution)
+        if verdict == "skip" and r.force:
+            face.notes.append(f"restored because of --force: {why.split(' (use --force')[0]}")
+            verdict = "restore"
+        elif verdict == "warn":
+            face.notes.append(f"WARNING: {why}")
+        skips.append(why if verdict == "skip" else "")
+    return skips
 
 
 def _targets(photo: Any, faces: list[Any], r: Restore, name: str) -> list[Any]:
@@ -144,29 +185,34 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
     photo = load_photo(path, r.opts.max_pixels)
     resolution = int(r.generator.resolution)
     faces, notes = find_faces(photo, r.faces, resolution=resolution, framing=r.framing)
-    targets = _targets(photo, faces, r, str(path))
+    skips = _gains(faces, r)
+    todo = [f for f, why in zip(faces, skips) if not why]
+    targets = _targets(photo, todo, r, str(path))
     run_info = {"n": r.opts.n, "seed": r.opts.seed, "device": r.opts.device}
     search_settings = {**resolve_settings(r.settings, r.generator).to_dict(), **run_info}  # what the search runs
+    name = str(r.generator.name)
     with staged_dir(final, overwrite=r.opts.overwrite) as tmp:
-        chosen, entries = [], []
-        for face, target in zip(faces, targets):
-            hr, entry = _search_face(tmp, face, target, r, search_settings, path)
+        chosen, done = [], {}
+        for face, target in zip(todo, targets):
+            hr, done[face.index] = _search_face(tmp, face, target, r, search_settings, path)
             chosen.append((hr, face.matrix))
-            entries.append(entry)
+        entries = [done.get(f.index) or {**f.record(), "skipped": why} for f, why in zip(faces, skips)]
         h, w = photo.shape[:2]
-        factor = output_scale(w, h, [f.face_pixels for f in faces], resolution,
+        factor = output_scale(w, h, [f.face_pixels for f in todo], resolution,
                               max_side=r.paste.max_side, scale=r.paste.scale)
-        feathers = [r.paste.feather if f.detection is not None else 0.0 for f in faces]
+        feathers = [r.paste.feather if f.detection is not None else 0.0 for f in todo]
         canvas, (sx, sy) = paste_faces(photo, chosen, scale=factor, feather=feathers)
-        save_png(canvas, tmp / "restored.png")
-        save_png(side_by_side(photo, canvas), tmp / "comparison.png")
-        all_conv = all(e["any_converged"] for e in entries)
+        # a photo with generated faces pasted in (none pasted: the photo, enlarged, unmarked)
+        kind = "composite" if chosen else None
+        save_png(canvas, tmp / "restored.png", provenance=kind, generator=name)
+        save_png(side_by_side(photo, canvas), tmp / "comparison.png", provenance=kind, generator=name)
+        all_conv = all(done[k]["any_converged"] for k in done)
         report = {
             "pulse_sr_version": version(),
             "input": {"path": path_text(path), "size": [int(w), int(h)], "notes": notes},
             "generator": r.generator.describe(),
             "settings": {**search_settings, "size": r.size, "pick": r.paste.pick, "feather": r.paste.feather,
-                         "face_mode": r.faces.mode},
+                         "face_mode": r.faces.mode, "force": r.force},
             "output": {"restored": "restored.png", "comparison": "comparison.png",
                        "size": [int(canvas.shape[2]), int(canvas.shape[1])], "scale": [sx, sy],
                        "background": "bicubic"},
@@ -180,8 +226,23 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
         }
         atomic_write_json(tmp / "report.json", json_safe(report))
     job.status, job.converged = "done", all_conv
-    msg = f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} restored -> {final}"
+    job.extra["faces"] = {"restored": len(todo), "skipped": len(faces) - len(todo)}
+    _photo_line(job, final, faces, skips, r, all_conv)
+
+
+def _photo_line(job: Job, final: Path, faces: list[Any], skips: list[str], r: Restore, all_conv: bool) -> None:
+    """The photo's one line (stdout when all is well, else stderr), with the skipped and
+    warned faces on their own lines below it."""
+    n_done = sum(1 for why in skips if not why)
+    msg = f"{job.path}: {n_done} face{'s' if n_done != 1 else ''} restored"
+    if n_done < len(faces):
+        msg += f", {len(faces) - n_done} left untouched (already at least the generator's resolution; --force restores them)"
+    msg += f" -> {final}"
     if all_conv:
         out(msg)
     else:
         err(f"{msg} (WARNING: some face has no candidate within eps={r.settings.eps:g}; pasted anyway)")
+    for face, why in zip(faces, skips):
+        warned = [n for n in face.notes if n.startswith("WARNING: ")]
+        if why or (warned and not r.opts.quiet):
+            err(f"  face {face.index}: " + (f"skipped: {why}" if why else warned[0]))
