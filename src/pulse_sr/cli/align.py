@@ -31,8 +31,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "align",
         help="find and align the faces of photos, writing low-resolution search inputs",
-        description="For each PHOTO (or folder of photos), detect every face (dlib; pip install "
-        "'pulse-sr[align]'), align it as the FFHQ dataset was made, resample it to the generator's "
+        description="For each PHOTO (or folder of photos), detect every face (MTCNN, down to about "
+        "16 px; dlib's 68 landmarks where it finds the face too), align it as the FFHQ dataset was made, resample it to the generator's "
         "resolution and downscale it with PULSE's bicubic operator. Writes OUTDIR/<stem>_face_KK.png, "
         "OUTDIR/aligned/<stem>_face_KK.png and OUTDIR/<stem>.json (quads and transforms).",
     )
@@ -69,11 +69,14 @@ def resolve_size(size: int | None, resolution: int) -> int:
 
 def find_faces(photo: Any, faces: FaceOptions, *, resolution: int, framing: Any) -> tuple[list[Any], list[str]]:
     """The faces of ``photo [H, W, 3]`` uint8 by the face options; returns ``(faces, notes)``.
+
+    Detection: MTCNN for every size, dlib's 68 points where dlib finds the face too, retried
+    on a copy with a neutral border for tight crops; frames that leave the photo are filled
+    from such a border, never mirrored (:mod:`pulse_sr.io.face_finder`).
     Raises NoFaceError / AlignError (one line)."""
     from pulse_sr.degradations.bicubic import valid_input_sizes
-    from pulse_sr.io.align import (
-        AlignError, NoFaceError, align_detections, detect_faces, keep_largest, whole_image_face,
-    )
+    from pulse_sr.io.align import AlignError, NoFaceError, keep_largest, whole_image_face
+    from pulse_sr.io.face_finder import align_without_mirror, detect_with_retry
 
     mode = faces.mode
     h, w = photo.shape[:2]
@@ -81,22 +84,21 @@ def find_faces(photo: Any, faces: FaceOptions, *, resolution: int, framing: Any)
         why = "--aligned" if mode == "aligned" else f"smaller than {TINY_SIDE} pixels"
         return [whole_image_face(photo, resolution=resolution)], [f"taken as an aligned face ({why})"]
     try:
-        dets = detect_faces(photo, min_score=faces.min_score, detect_max_side=faces.detect_max_side)
+        dets, notes = detect_with_retry(photo, min_score=faces.min_score, detect_max_side=faces.detect_max_side)
     except AlignError as e:
         if mode == "auto":
             raise AlignError(f"{e} (or --aligned if the image is already an aligned face)") from None
         raise
-    notes: list[str] = []
     if not dets:
         if mode == "auto" and h == w and h in valid_input_sizes(resolution):
             return ([whole_image_face(photo, resolution=resolution)],
                     ["no face detected; a square of a valid input size: taken as an aligned face"])
-        raise NoFaceError(f"no face found (dlib detector, --min-score {faces.min_score:g}); nothing written"
+        raise NoFaceError("no face found (MTCNN and dlib detectors, also on a copy with a border); nothing written"
                           + ("; use --aligned if the image is an aligned face crop" if mode == "auto" else ""))
     kept = keep_largest(dets, faces.max_faces)
     if len(kept) < len(dets):
         notes.append(f"{len(dets)} faces found; kept the {len(kept)} largest (--max-faces)")
-    return align_detections(photo, kept, resolution=resolution, framing=framing), notes
+    return align_without_mirror(photo, kept, resolution=resolution, framing=framing), notes
 
 
 def aligned_target(photo: Any, opts: RunOptions, resolution: int, size: int | None,
