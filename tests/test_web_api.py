@@ -50,9 +50,12 @@ def live_server(settings: WebSettings) -> Iterator[tuple[str, Any]]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    SERVED[base] = app
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+        yield base, app
     finally:
+        SERVED.pop(base, None)
         server.should_exit = True
         thread.join(30)
         assert not app.state.manager.root.exists(), "temporary folder left behind"
@@ -93,6 +96,14 @@ def rgb_png(w: int, h: int, fmt: str = "PNG", noise: bool = True) -> bytes:
 def read_png(data: bytes) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as im:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def client_app(c: httpx.Client) -> Any:
+    """The app served at ``c``'s base URL (the tests' servers run in this process)."""
+    return SERVED[str(c.base_url).rstrip("/")]
+
+
+SERVED: dict[str, Any] = {}
 
 
 def upload(c: httpx.Client, data: bytes, name: str = "face.png") -> httpx.Response:
@@ -145,7 +156,9 @@ def test_page_static_files_and_config(client: httpx.Client) -> None:
     cfg = client.get("/api/config").json()
     assert cfg["max_candidates"] == 3 and cfg["max_steps"] == 400 and cfg["max_upload_mb"] == 0.25
     gens = {g["name"]: g for g in client.get("/api/generators").json()}
-    assert gens["tiny"]["resolution"] == 32 and gens["tiny"]["input_sizes"] == [4, 8, 16]
+    assert "tiny" not in gens  # a test network, not a face model: not listed (requests may name it)
+    tiny = {e.name: e for e in client_app(client).state.manager.generators.entries.values()}["tiny"]
+    assert tiny.to_json()["resolution"] == 32 and tiny.to_json()["input_sizes"] == [4, 8, 16]
     assert gens["dcgan-digiface"]["default"] and gens["dcgan-digiface"]["model_card"].startswith("https://")
     assert "stylegan1" not in gens  # needs a user-supplied path
     names = [e["name"] for e in client.get("/api/examples").json()]
@@ -375,7 +388,14 @@ def test_photo_faces_aligned_and_pasted_back(client: httpx.Client) -> None:
     left, top, right, bottom = rec["faces"][0]["box"]
     assert 150 < (left + right) / 2 < 290 and 60 < (top + bottom) / 2 < 190  # her face
     assert client.get(rec["faces"][0]["image"]).status_code == 200
-    job = start_job(client, rec["input_id"], n=2, steps=2, face=0, size=8)
+    gain = rec["faces"][0]["gain"]
+    assert gain["tiny"]["decision"] == "skip" and gain["tiny"]["size"] > 100  # ~135 px face, 32-px net
+    assert gain["dcgan-digiface"]["decision"] == "skip"  # and for the 64-px default
+    r = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "n": 2,
+                                       "steps": 2, "face": 0, "size": 8})
+    assert r.status_code == 409 and "nothing to gain" in r.json()["error"]
+    assert "restore anyway" in r.json()["error"]
+    job = start_job(client, rec["input_id"], n=2, steps=2, face=0, size=8, force=True)
     s = wait_state(client, job, ("done", "failed"))
     assert s["state"] == "done", s["error"]
     res = s["result"]
@@ -391,6 +411,13 @@ def test_photo_faces_aligned_and_pasted_back(client: httpx.Client) -> None:
     assert left * scale - 80 * scale < float(xs.float().mean()) < right * scale + 80 * scale
     report = json.loads(client.get(f"/api/jobs/{job}/files/report.json").content)
     assert report["input"]["used_size"] == [8, 8] and report["input"]["face"]["mode"] == "detected"
+    assert report["input"]["face_gain"]["forced"] and report["input"]["face_gain"]["decision"] == "warn"
+    # the restored photo says what it is; the enlarged original ("before") is the user's
+    from pulse_sr.io.provenance import read_provenance
+
+    for name, kind in (("restored_00.png", "composite"), ("photo.png", None)):
+        path = client_app(client).state.manager.job_file(job, name)
+        assert read_provenance(path).get("kind") == kind, name
 
 
 def test_photo_without_alignment_offers_whole_image(client: httpx.Client,
@@ -449,12 +476,12 @@ def test_zoo_checkpoint_cached_after_start_up_is_offered(tmp_path: Path, monkeyp
 
     monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path / "weights"))
     with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), httpx.Client(base_url=url) as c:
-        assert [g["name"] for g in c.get("/api/generators").json()] == ["dcgan-digiface", "tiny"]
+        assert [g["name"] for g in c.get("/api/generators").json()] == ["dcgan-digiface"]  # not tiny
         folder = tmp_path / "weights" / "stylegan2-ffhq-1024"  # `pulse-sr weights download` meanwhile
         folder.mkdir(parents=True)
         (folder / "stylegan2-ffhq-1024x1024.pkl").write_bytes(b"not a pickle")
         names = [g["name"] for g in c.get("/api/generators").json()]
-        assert names == ["dcgan-digiface", "tiny", "stylegan2-ffhq-1024"]
+        assert names == ["dcgan-digiface", "stylegan2-ffhq-1024"]
     restricted = JobManager(WebSettings(work_dir=str(tmp_path / "w2"), generators=("tiny",)))
     try:
         assert list(restricted.generators.refresh()) == ["tiny"]  # --generators still limits the offer

@@ -25,8 +25,9 @@ def add_parser(sub: Any) -> None:
                    help="searches run at the same time (default 1: one per CPU worker)")
     p.add_argument("--max-upload-mb", type=positive_float, default=20.0,
                    help="largest upload in MB (default 20)")
-    p.add_argument("--max-pixels", type=int_at_least(16), default=4096 * 4096,
-                   help="largest upload in pixels (default 4096*4096)")
+    p.add_argument("--max-pixels", type=int_at_least(16), default=100_000_000,
+                   help="largest upload in pixels (default 100,000,000; larger photos are "
+                        "shrunk for detection, not refused)")
     p.add_argument("--max-candidates", type=int_at_least(1), default=8,
                    help="most candidates per search (default 8)")
     p.add_argument("--max-steps", type=int_at_least(1), default=1000,

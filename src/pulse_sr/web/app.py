@@ -140,8 +140,10 @@ def _add_config_routes(app: FastAPI, settings: WebSettings, manager: JobManager)
 
     @app.get("/api/generators")
     async def generators() -> list[dict[str, Any]]:
+        from pulse_sr.web.generators import listed
+
         entries = await run_in_threadpool(manager.generators.refresh)  # zoo downloads since start-up
-        return [e.to_json() for e in entries.values()]
+        return [e.to_json() for e in listed(entries, settings.generators)]
 
     @app.get("/api/examples")
     async def list_examples() -> list[dict[str, Any]]:
