@@ -517,3 +517,90 @@ def test_serve_command_prints_the_address_and_serves(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(30)
     assert not any((tmp_path / "w").iterdir()), "temporary folder left behind after Ctrl-C/TERM"
+
+
+# -- issue 15 ----------------------------------------------------------------------------------
+def planted_hr(seed: int) -> torch.Tensor:
+    """The tiny generator's face behind :func:`planted_png` (``[3, 32, 32]`` in [0, 1])."""
+    gen = make_tiny_generator()
+    z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        return ((gen(z) + 1) / 2).clamp(0, 1)[0]
+
+
+def test_cancel_keeps_the_candidates_already_within_eps(tmp_path: Path) -> None:
+    """Regression (issue 15): cancel threw away the candidates already within eps."""
+    from types import SimpleNamespace
+
+    from pulse_sr.io.provenance import read_provenance
+    from pulse_sr.web.jobs import JobManager
+
+    seed_tiny_fit()
+    m = JobManager(WebSettings(work_dir=str(tmp_path / "w")))  # no workers: the test drives it
+    try:
+        data, _ = planted_png(seed=3)
+        iid, folder = m.store.open_slot()
+        (folder / "upload.bin").write_bytes(data)
+        m.store.charge(len(data))
+        m.store.register(iid, folder, "planted.png", len(data))
+        # eps 1e-5: the upload is the planted face's downscale rounded to 8 bits, at most
+        # 0.5/255 off per value, so its mean squared error is <= (1/510)^2 = 3.8e-6 < 1e-5
+        job = m.create_job({"input_id": iid, "generator": "tiny", "n": 3, "steps": 50, "eps": 1e-5})
+        m._queue.clear()
+        job.state, job.started, job.started_perf = "running", time.time(), time.perf_counter()
+        noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        hr = planted_hr(3)
+        job.last_info = SimpleNamespace(step=7, hr=torch.stack([noise[0], hr, noise[1]]))
+        m._cancelled(job)  # what the worker does when the search raises JobCancelled
+        s = m.snapshot(job)
+        assert s["state"] == "cancelled" and "kept 1 candidate" in s["error"]
+        res = s["result"]
+        assert res["cancelled"] and [c["index"] for c in res["candidates"]] == [1]
+        assert res["candidates"][0]["hr"] == "hr_01.png" and res["best_index"] == 1
+        got = read_png(m.job_file(job.id, "hr_01.png").read_bytes())
+        assert (got - hr).abs().max() <= 0.5 / 255 + 1e-6  # the kept face, 8-bit rounded
+        lr = read_png(m.job_file(job.id, "lr_01.png").read_bytes())
+        target = read_png(m.job_file(job.id, "input.png").read_bytes())
+        assert float((lr - target).pow(2).mean()) <= 1e-5
+        report = json.loads(m.job_file(job.id, "report.json").read_text())
+        assert report["cancelled"] and report["candidates"][0]["cancelled"]
+        assert report["candidates"][0]["kept_at_step"] == 7 and "within eps" in report["cancelled_note"]
+        assert read_provenance(m.job_file(job.id, "hr_01.png"))["kind"] == "generated"
+        assert read_provenance(m.job_file(job.id, "input.png")).get("kind") is None  # the user's
+        with zipfile.ZipFile(io.BytesIO(m.zip_bytes(job.id))) as z:
+            assert sorted(Path(n).name for n in z.namelist()) == [
+                "hr_01.png", "input.png", "lr_01.png", "report.json", "spread.png"]
+    finally:
+        m.stop()
+
+
+def test_job_lines_on_the_server_log(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    rec = upload(client, planted_png(seed=4)[0]).json()
+    with caplog.at_level(logging.INFO, logger="pulse_sr.web"):
+        job = start_job(client, rec["input_id"], n=1, steps=2)
+        assert wait_state(client, job, ("done", "failed"))["state"] == "done"
+        deadline = time.monotonic() + 10
+        while not any("finished" in r.getMessage() for r in caplog.records if job[:8] in r.getMessage()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if job[:8] in r.getMessage()]
+    assert [ln.split()[2].rstrip(":") for ln in lines] == ["queued", "started", "finished"], lines
+    assert "tiny" in lines[0] and "done in" in lines[2] and lines[2].endswith(" s")
+
+
+def test_big_phone_photo_is_taken_not_refused(tmp_path: Path) -> None:
+    """Regression (issue 15): photos over 16.7 MP were refused; now only > 100 MP is."""
+    w, h = 5000, 3500  # 17.5 MP: over the old 4096 * 4096 limit
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 130, 140)).save(buf, "JPEG", quality=50)
+    with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), \
+            httpx.Client(base_url=url, timeout=120) as c:
+        rec = upload(c, buf.getvalue(), "phone.jpg").json()
+        assert (rec["width"], rec["height"], rec["kind"]) == (w, h, "photo")
+        assert rec["faces"] == [] and "no face" in rec["message"]
+        huge = io.BytesIO()
+        Image.new("RGB", (10_050, 10_000)).save(huge, "PNG")  # 100.5 MP: absurd
+        r = upload(c, huge.getvalue(), "huge.png")
+        assert r.status_code == 400 and "too many pixels" in r.json()["error"]

@@ -85,6 +85,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     out(f"pulse-sr web app: open http://{shown}:{port}/")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         err(f"warning: listening on {args.host}: other computers on your network can use this server")
+    _log_jobs()
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
+
+
+def _log_jobs() -> None:
+    """One stderr line per job event (queued, started, finished with its time)."""
+    import logging
+    import sys
+
+    log = logging.getLogger("pulse_sr.web")
+    if not any(getattr(h, "_pulse_sr", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("pulse-sr: %(message)s"))
+        handler._pulse_sr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
