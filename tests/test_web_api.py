@@ -590,16 +590,40 @@ def test_job_lines_on_the_server_log(client: httpx.Client, caplog: pytest.LogCap
     assert "tiny" in lines[0] and "done in" in lines[2] and lines[2].endswith(" s")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the test's own 100.5-MP image
 def test_big_phone_photo_is_taken_not_refused(tmp_path: Path) -> None:
-    """Regression (issue 15): photos over 16.7 MP were refused; now only > 100 MP is."""
+    """Regression (issue 15): photos over 16.7 MP were refused; now only > 100 MP is. The
+    face is found on a shrunk copy, and pasted back where it was on the shrunk result."""
+    import skimage.data
+
+    seed_tiny_fit()
     w, h = 5000, 3500  # 17.5 MP: over the old 4096 * 4096 limit
+    canvas = Image.new("RGB", (w, h), (120, 130, 140))
+    canvas.paste(Image.fromarray(skimage.data.astronaut()), (3000, 1500))
     buf = io.BytesIO()
-    Image.new("RGB", (w, h), (120, 130, 140)).save(buf, "JPEG", quality=50)
+    canvas.save(buf, "JPEG", quality=85)
     with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), \
             httpx.Client(base_url=url, timeout=120) as c:
         rec = upload(c, buf.getvalue(), "phone.jpg").json()
         assert (rec["width"], rec["height"], rec["kind"]) == (w, h, "photo")
-        assert rec["faces"] == [] and "no face" in rec["message"]
+        assert len(rec["faces"]) == 1
+        left, top, right, bottom = rec["faces"][0]["box"]
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        assert 3150 < cx < 3290 and 1560 < cy < 1690  # her face, in full-size coordinates
+        job = start_job(c, rec["input_id"], n=1, steps=1, face=0, size=8, force=True)
+        assert wait_state(c, job, ("done", "failed"))["state"] == "done"
+        before = read_png(c.get(f"/api/jobs/{job}/files/photo.png").content)
+        after = read_png(c.get(f"/api/jobs/{job}/files/restored_00.png").content)
+        scale = 2048 / 5000  # the restored view's longer side is capped at 2048
+        assert before.shape == after.shape == (3, round(h * scale), 2048)
+        changed = (before - after).abs().sum(dim=0) > 0.05
+        ys, xs = changed.nonzero(as_tuple=True)
+        # the pasted frame (~170 px at full size, ~70 px here) is centred near the face
+        assert abs(float(xs.float().mean()) - cx * scale) < 40 and abs(float(ys.float().mean()) - cy * scale) < 40
+        # a whole big photo (no face chosen) is shrunk as uint8 before it becomes a float tensor
+        whole = start_job(c, rec["input_id"], n=1, steps=1, center_crop=True, resize=True)
+        s = wait_state(c, whole, ("done", "failed"))
+        assert s["state"] == "done" and any("shrunk from 5000x3500" in n for n in s["notes"]), s["notes"]
         huge = io.BytesIO()
         Image.new("RGB", (10_050, 10_000)).save(huge, "PNG")  # 100.5 MP: absurd
         r = upload(c, huge.getvalue(), "huge.png")

@@ -186,7 +186,9 @@ class JobManager:
             if req.face is not None:
                 return self._face_target(rec, req, gname, res)
             if rec.kind == "photo" and rec.width * rec.height > WHOLE_PHOTO_PIXELS:
-                img, notes = self._shrunk_photo(rec)
+                from pulse_sr.web.photos import shrunk_photo
+
+                img, notes = shrunk_photo(path, self.settings.max_pixels, WHOLE_PHOTO_PIXELS)
             else:
                 img, notes = load_image(path, max_pixels=self.settings.max_pixels), []
             target, more = fit_to_generator(img, res, resize=req.resize, center_crop=req.center_crop,
@@ -194,19 +196,6 @@ class JobManager:
             return target, notes + more, None
         except PulseError as e:
             raise web_error(e, upload=path, generator=gname) from None
-
-    def _shrunk_photo(self, rec: InputRecord) -> tuple[Any, list[str]]:
-        """A big photo shrunk (as uint8, never float at full size) to about
-        :data:`WHOLE_PHOTO_PIXELS`, ``[3, H, W]`` in [0, 1], and a note saying so."""
-        import math
-
-        from pulse_sr.io.paste import upscale_photo
-        from pulse_sr.web.photos import load_photo
-
-        rgb = load_photo(rec.dir / UPLOAD, self.settings.max_pixels)
-        f = math.sqrt(WHOLE_PHOTO_PIXELS / (rec.width * rec.height))
-        w, h = max(1, int(rec.width * f)), max(1, int(rec.height * f))
-        return upscale_photo(rgb, w, h), [f"shrunk from {rec.width}x{rec.height} to {w}x{h} first"]
 
     def _face_target(self, rec: InputRecord, req: JobRequest, gname: str, res: int) -> tuple[Any, list[str], Any]:
         """The chosen face of a photo, FFHQ-aligned and downscaled to the requested size."""

@@ -78,6 +78,20 @@ def load_photo(path: Any, max_pixels: int) -> Any:
     return load_rgb8(path, max_pixels=max_pixels)
 
 
+def shrunk_photo(path: Any, max_pixels: int, pixels: int) -> tuple["Tensor", list[str]]:
+    """A big photo shrunk to about ``pixels`` pixels as uint8 (Pillow, antialiased bicubic),
+    then ``[3, H, W]`` in [0, 1] (never a float copy at full size), and a note saying so."""
+    import math
+
+    from pulse_sr.io.paste import upscale_photo
+
+    rgb = load_photo(path, max_pixels)
+    h, w = int(rgb.shape[0]), int(rgb.shape[1])
+    f = min(1.0, math.sqrt(pixels / (w * h)))
+    wo, ho = max(1, int(w * f)), max(1, int(h * f))
+    return upscale_photo(rgb, wo, ho), [f"shrunk from {w}x{h} to {wo}x{ho} first"]
+
+
 def detect_faces(img: Any) -> list[DetectedFace]:
     """Faces in ``img [H, W, 3]`` uint8, left to right, at most :data:`MAX_FACES` (the
     largest). ``crop`` of each is ``[3, h, w]`` in [0, 1].
