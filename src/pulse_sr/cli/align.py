@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of this module's API
-    Job, UsageError, generator_from_args, int_at_least, json_safe, out, output_name, prepare_jobs, run_jobs,
+    Job, UsageError, err, generator_from_args, int_at_least, json_safe, output_name, prepare_jobs, run_jobs,
     settings_from_args, version,
 )
 from pulse_sr.cli.options import (  # noqa: F401 - the constants are re-exported (tests check them)
     DEFAULT_SIZE, DETECT_MAX_SIDE, FEATHER, MAX_SIDE, MIN_SCORE, PHOTO_MAX_PIXELS, TINY_SIDE, FaceOptions,
-    RunOptions, add_face_options,
+    RunOptions, add_face_options, add_output_options,
 )
 
 
@@ -37,7 +37,8 @@ def add_parser(sub: Any) -> None:
         "OUTDIR/aligned/<stem>_face_KK.png and OUTDIR/<stem>.json (quads and transforms).",
     )
     p.add_argument("inputs", nargs="+", metavar="PHOTO", help="image files or folders")
-    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR",
+                   help="faces go to OUTDIR/<photo stem>_face_KK.png (made if missing)")
     p.add_argument("--generator", default="dcgan-digiface",
                    help="the generator the faces are for: sets their resolution and framing")
     p.add_argument("--weights", metavar="PATH", default=None, help="weights folder or file")
@@ -45,7 +46,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-pixels", type=int_at_least(16), default=PHOTO_MAX_PIXELS,
                    help="refuse larger photos (default 8192*8192)")
     p.add_argument("--overwrite", action="store_true", help="redo photos already aligned")
-    p.add_argument("--quiet", action="store_true", help="no per-photo lines")
+    add_output_options(p)
     p.set_defaults(func=cmd_align)
 
 
@@ -196,7 +197,7 @@ def _align_one(job: Job, opts: RunOptions, face_opts: FaceOptions, generator: An
     if record_path.exists() and not opts.overwrite:
         job.status, job.converged, job.reason = "skipped", True, "aligned already"
         if not opts.quiet:
-            out(f"{path}: skipped (aligned already; use --overwrite)")
+            err(f"{path}: skipped (aligned already; use --overwrite)")
         return
     started = time.perf_counter()
     photo = load_photo(path, opts.max_pixels)
@@ -235,5 +236,6 @@ def _align_one(job: Job, opts: RunOptions, face_opts: FaceOptions, generator: An
     atomic_write_json(record_path, json_safe(record))
     _remove_old_faces(outdir, stem, old_files)
     job.status, job.converged = "done", True
+    job.extra["output"] = str(record_path)
     if not opts.quiet:
-        out(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} -> {outdir}/{stem}_face_*.png")
+        err(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} -> {outdir}/{stem}_face_*.png")

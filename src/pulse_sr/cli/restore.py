@@ -19,7 +19,7 @@ from typing import Any
 from pulse_sr.cli.align import aligned_target, find_faces, load_photo, resolve_size, small_face_note
 from pulse_sr.cli.common import (
     NOTICE, Job, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args,
-    json_safe, out, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, version,
+    json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, version,
 )
 from pulse_sr.cli.options import (
     PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_face_options, add_paste_options,
@@ -82,7 +82,8 @@ def restore_main(args: argparse.Namespace) -> int:
     r = Restore(opts, faces, paste, generator, settings, generator.framing, size,
                 force=bool(getattr(args, "force", False)))
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: result_dir(opts.outdir, p))
-    return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED)
+    return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED,
+                    hint=not_converged_hint(args))
 
 
 def _restore_one(job: Job, r: Restore) -> None:
@@ -93,42 +94,21 @@ def _restore_one(job: Job, r: Restore) -> None:
             _restore_photo(job, final, r)
 
 
-def face_gain(face_pixels: float, resolution: int) -> tuple[str, str]:
-    """What restoring a face of ``face_pixels`` (side of its aligned crop in photo pixels) can
-    give a ``resolution`` generator: ``("skip" | "warn" | "restore", reason)``.
-
-    Local stand-in for :mod:`pulse_sr.io.face_gain` (the web app's rule) until it is merged:
-    a face at least as large as the generator's output has nothing to gain; one of at least
-    :data:`WARN_FRACTION` of it gains little (the result is an invention at no higher
-    resolution)."""
-    if face_pixels >= resolution:
-        return "skip", (f"the face is already {face_pixels:.0f} px, at least the generator's "
-                        f"{resolution} px: restoring would only replace it (use --force to restore anyway)")
-    if face_pixels >= WARN_FRACTION * resolution:
-        return "warn", (f"the face is {face_pixels:.0f} px, close to the generator's {resolution} px: "
-                        "the result is an invented face at no higher resolution")
-    return "restore", ""
-
-
-#: faces from this fraction of the generator's resolution up get a warning (30 px for 64)
-WARN_FRACTION = 0.45
-
-
 def _gains(faces: list[Any], r: Restore) -> list[str]:
-    """Per face: ``""`` to restore it, else why it is skipped (a note added when it gains little)."""
-    resolution = int(r.generator.resolution)
+    """Per face: ``""`` to restore it, else why it is skipped (:func:`pulse_sr.io.face_gain.judge_face`:
+    a face at least the generator's resolution has nothing to gain; ``--force`` restores it; a
+    face within an octave below it gets a warning note)."""
+    from pulse_sr.io.face_gain import SKIP, WARN, judge_face
+
     skips = []
     for face in faces:
         if face.detection is None:  # the whole image, taken as an aligned face: the user asked
             skips.append("")
             continue
-        verdict, why = face_gain(face.face_pixels, resolution)
-        if verdict == "skip" and r.force:
-            face.notes.append(f"restored because of --force: {why.split(' (use --force')[0]}")
-            verdict = "restore"
-        elif verdict == "warn":
-            face.notes.append(f"WARNING: {why}")
-        skips.append(why if verdict == "skip" else "")
+        gain = judge_face(face, force=r.force)
+        if gain.decision == WARN:
+            face.notes.append(f"WARNING: {gain.reason}")
+        skips.append(gain.reason + " (--force restores it)" if gain.decision == SKIP else "")
     return skips
 
 
@@ -227,6 +207,8 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
         atomic_write_json(tmp / "report.json", json_safe(report))
     job.status, job.converged = "done", all_conv
     job.extra["faces"] = {"restored": len(todo), "skipped": len(faces) - len(todo)}
+    l2s = [e["picked_l2"] for e in done.values() if e.get("picked_l2") is not None]
+    job.extra.update(best_l2=max(l2s) if l2s else None, output=str(final))  # the photo's worst face
     _photo_line(job, final, faces, skips, r, all_conv)
 
 
@@ -238,8 +220,8 @@ def _photo_line(job: Job, final: Path, faces: list[Any], skips: list[str], r: Re
     if n_done < len(faces):
         msg += f", {len(faces) - n_done} left untouched (already at least the generator's resolution; --force restores them)"
     msg += f" -> {final}"
-    if all_conv:
-        out(msg)
+    if all_conv:  # every photo's line goes to stderr, whatever its outcome
+        err(msg)
     else:
         err(f"{msg} (WARNING: some face has no candidate within eps={r.settings.eps:g}; pasted anyway)")
     for face, why in zip(faces, skips):
