@@ -151,12 +151,13 @@ def train_encoder(
     seed: int = 0, lr: float = 2e-3, width: int = 32, hidden: int = 256,
     pool: tuple[Tensor, Tensor] | None = None, held_out: tuple[Tensor, Tensor] | None = None,
     gaussian_fit: tuple[Tensor, Tensor] | None = None, log_every: int = 100,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train one encoder for ``operator_name`` at ``factor`` with Adam and a cosine learning rate.
 
     ``pool``: (latents ``[P, w_dim]``, images ``[P, 3, R, R]``) drawn once and shared by several
     encoders (batches are seeded draws from it); without it each step samples the generator.
+    The encoder trains on ``device`` and is returned on the CPU.
     ``held_out`` (default: 256 fresh samples) gives ``first_loss``/``last_loss``, the cosine loss before
     and after training; the state with the lowest held-out loss at a log point is kept.
     """
@@ -167,10 +168,11 @@ def train_encoder(
                             field="factor", value=factor)
     rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Encoder(side, generator.w_dim, width=width, hidden=hidden)
+    dev = torch.device(device)
+    model = Encoder(side, generator.w_dim, width=width, hidden=hidden).to(dev)
     if held_out is None:
         held_out = sample_latents(generator, 256, torch.Generator().manual_seed(stream_seed("held-out", seed)), gaussian_fit)
-    val_x, val_y = degrade(held_out[1], operator_name, factor), held_out[0]
+    val_x, val_y = degrade(held_out[1], operator_name, factor).to(dev), held_out[0].to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     lines: list[str] = []
 
@@ -192,7 +194,7 @@ def train_encoder(
             y, hr = pool[0][idx], pool[1][idx].float()
         else:
             y, hr = sample_latents(generator, batch, rng, gaussian_fit)
-        loss = cosine_loss(model(degrade(hr, operator_name, factor)), y)
+        loss = cosine_loss(model(degrade(hr.to(dev), operator_name, factor)), y.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -205,7 +207,7 @@ def train_encoder(
             if log is not None:
                 log(lines[-1])
     model.load_state_dict(best_state)
-    model.eval().requires_grad_(False)
+    model.cpu().eval().requires_grad_(False)
     return TrainResult(model, lines, first, best, steps, seed)
 
 
@@ -383,7 +385,7 @@ def encoder_start(
 def train_encoders(
     generator: FaceGenerator, operator_names: list[str], factors: list[int], *, pool_size: int = 8192,
     steps: int = 1000, batch: int = 64, seed: int = 0, gaussian_fit: tuple[Tensor, Tensor] | None = None,
-    log: Callable[[str], None] | None = None, chunk: int = 64,
+    log: Callable[[str], None] | None = None, chunk: int = 64, device: str | torch.device = "cpu",
 ) -> dict[tuple[str, int], TrainResult]:
     """Train one encoder per (operator, factor) on one shared pool of ``pool_size`` generator samples.
 
@@ -410,5 +412,6 @@ def train_encoders(
     for op in operator_names:
         for factor in factors:
             out[(op, factor)] = train_encoder(generator, op, factor, steps=steps, batch=batch, seed=seed,
-                                              pool=pool, held_out=held_out, gaussian_fit=gaussian_fit, log=log)
+                                              pool=pool, held_out=held_out, gaussian_fit=gaussian_fit, log=log,
+                                              device=device)
     return out
