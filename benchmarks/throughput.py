@@ -11,7 +11,8 @@ Builds ``--faces`` planted 16x16 inputs from the default generator (face i from
 - ``plain``: benchmarks/plain_loop.py (Adam lr 0.4, PULSE's schedule, 100 steps, no early stop, n=4);
 - ``pulse-sr``: ``pulse-sr run FOLDER -o OUT --n 4 --quiet`` with every other option at its default;
 - ``encoder``: the prototype, this script with ``--worker encoder``: per input ``pulse_search`` with
-  ``SearchSettings(mode="auto", start_pool=1, steps=S, lr=L)`` whose start latents are replaced by
+  ``SearchSettings(mode="faithful", start_pool=1, steps=S, lr=L)`` (what "auto" runs for dcgan minus its
+  preset's lr and start pool, which would override the start) whose start latents are replaced by
   ``encoder_start`` (``pulse_sr.search.pulse.initial_state`` monkeypatched: pulse_search has no start
   hook yet); everything else (early stop at eps, best-state tracking, schedule) is the normal search;
 - ``random``: the same prototype with PULSE's random starts (the steps-to-eps comparison).
@@ -82,7 +83,9 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.worker == "encoder":
         pulse.initial_state = patched
-    settings = SearchSettings(mode="auto", start_pool=1, steps=args.steps, lr=args.lr, eps=EPS)
+    # mode "faithful": "auto" would put dcgan's preset (lr 1.5, start_pool 8) over fields left at PULSE's
+    # defaults, and a start pool would trade the encoder's start for random draws
+    settings = SearchSettings(mode="faithful", start_pool=1, steps=args.steps, lr=args.lr, eps=EPS)
     for path in sorted(Path(args.inputs).glob("*.png")):
         target = load_image(path)
         current["target"] = target
@@ -155,7 +158,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     results: dict = {"faces": args.faces, "side": 16, "n": 4, "eps": EPS, "repeats": args.repeats,
                      "prototype": {"steps": args.steps, "lr": args.lr, "spread": args.spread, "start_pool": 1,
-                                   "mode": "auto", "start": "initial_state monkeypatched with encoder_start"},
+                                   "mode": "faithful", "start": "initial_state monkeypatched with encoder_start"},
                      "cpus": os.cpu_count(), "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs"

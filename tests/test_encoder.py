@@ -186,3 +186,28 @@ def test_training_a_few_steps_decreases_the_loss(tiny, tiny_fit):
                         gaussian_fit=tiny_fit, pool=pool, held_out=held, log_every=10)
     assert res.first_loss > 0.5
     assert res.last_loss < 0.85 * res.first_loss, res.log
+
+
+def test_train_encoder_command_writes_a_loadable_file(dcgan, tmp_path, capsys):
+    """The ``train-encoder`` module on its own parser (registering it in cli/__init__ is one line)."""
+    import argparse
+
+    from pulse_sr.cli.common import UsageError
+    from pulse_sr.cli.train_encoder import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    dst = tmp_path / "enc.safetensors"
+    argv = ["train-encoder", "--operator", "box", "--factors", "8", "--pool", "64", "--steps", "2", "--batch", "8",
+            "-o", str(dst)]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert f"wrote {dst}" in capsys.readouterr().out
+    assert load_encoder(dcgan, "box", 8, path=dst) is not None
+    assert load_encoder(dcgan, "box", 4, path=dst) is None
+    assert not list(tmp_path.glob(".*partial"))
+    args = parser.parse_args(argv)
+    with pytest.raises(UsageError, match="exists"):
+        args.func(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-encoder", "--factors", "1,x"])

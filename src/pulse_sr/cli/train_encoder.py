@@ -69,13 +69,9 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     if bad or not factors:
         raise UsageError(f"--factors: {bad or 'none'} do not divide the generator's {generator.resolution} px")
 
-    import torch
-
     from pulse_sr.errors import PulseError
     from pulse_sr.search.encoder import save_encoders, train_encoders
 
-    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     log = None if args.quiet else out
     try:
         trained = train_encoders(generator, [args.operator], list(factors), pool_size=args.pool, steps=args.steps,

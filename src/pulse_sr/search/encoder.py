@@ -390,7 +390,8 @@ def train_encoders(
     """Train one encoder per (operator, factor) on one shared pool of ``pool_size`` generator samples.
 
     The pool (seeded ``seed``) is drawn once, ``chunk`` images at a time; its images are kept as
-    float16 (``[P, 3, R, R]``: ``6 * P * R**2`` bytes). The held-out set is 256 more samples.
+    float16 (``[P, 3, R, R]``: ``6 * P * R**2`` bytes). The held-out set is ``min(256, max(32, P // 8))``
+    more samples (256 for the shipped files' pool of 8192).
     """
     if generator.has_mapping and gaussian_fit is None:
         from pulse_sr.search.gaussian_fit import cached_gaussian_fit
@@ -404,7 +405,8 @@ def train_encoders(
         latents.append(y)
         images.append(hr.half())
     pool = (torch.cat(latents), torch.cat(images))
-    held_out = sample_latents(generator, 256, torch.Generator().manual_seed(stream_seed("held-out", seed)), gaussian_fit)
+    held = min(256, max(32, pool_size // 8))
+    held_out = sample_latents(generator, held, torch.Generator().manual_seed(stream_seed("held-out", seed)), gaussian_fit)
     if log is not None:
         log(f"pool: {pool_size} samples of {generator.name or generator.backend} (seed {seed}) "
             f"in {time.perf_counter() - start:.0f} s")
