@@ -139,14 +139,35 @@ def commands(variant: str, inputs: Path, out: Path, args: argparse.Namespace) ->
             "--steps", str(args.steps), "--lr", str(args.lr), "--spread", str(args.spread)]
 
 
+def write_results(results: dict, runs: dict[str, list[dict]], path: Path) -> dict:
+    """Medians and ratios to the plain loop from the runs so far; written to ``path`` (after every repeat)."""
+    var = results["variants"] = {}
+    for v, rs in runs.items():
+        if rs:
+            var[v] = {"median_seconds": statistics.median(x["seconds"] for x in rs),
+                      **{k: rs[0][k] for k in rs[0] if k not in ("seconds", "load_before")}, "runs": rs}
+    if "plain" in var:
+        base = var["plain"]
+        for x in var.values():
+            x["time_vs_plain"] = round(x["median_seconds"] / base["median_seconds"], 3)
+            x["distance_vs_plain"] = round(x["mean_pairwise_distance"] / base["mean_pairwise_distance"], 3)
+        if "encoder" in var:
+            e = var["encoder"]
+            results["encoder_start_qualifies"] = bool(
+                e["faces_within_eps"] >= base["faces_within_eps"] and e["distance_vs_plain"] >= 0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return var
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--faces", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default="plain,pulse-sr,encoder,random")
-    p.add_argument("--steps", type=int, default=30, help="prototype: search steps")
-    p.add_argument("--lr", type=float, default=0.4, help="prototype: Adam learning rate")
-    p.add_argument("--spread", type=float, default=0.5, help="prototype: encoder_start spread")
+    p.add_argument("--steps", type=int, default=50, help="prototype: search steps")
+    p.add_argument("--lr", type=float, default=1.5, help="prototype: Adam learning rate (dcgan's fast preset)")
+    p.add_argument("--spread", type=float, default=1.2, help="prototype: encoder_start spread")
     p.add_argument("--json", type=Path, default=HERE / "results" / "throughput.json")
     p.add_argument("--worker", choices=("encoder", "random"), help=argparse.SUPPRESS)
     p.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -156,7 +177,8 @@ def main() -> int:
     if args.worker:
         return worker(args)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    results: dict = {"faces": args.faces, "side": 16, "n": 4, "eps": EPS, "repeats": args.repeats,
+    results: dict = {"command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]),
+                     "faces": args.faces, "side": 16, "n": 4, "eps": EPS, "repeats": args.repeats,
                      "prototype": {"steps": args.steps, "lr": args.lr, "spread": args.spread, "start_pool": 1,
                                    "mode": "faithful", "start": "initial_state monkeypatched with encoder_start"},
                      "cpus": os.cpu_count(), "variants": {}}
@@ -177,22 +199,8 @@ def main() -> int:
                     raise SystemExit(f"{v} failed with exit code {proc.returncode}")
                 runs[v].append({"seconds": round(seconds, 2), "load_before": round(load, 2), **summarise(out)})
                 print(f"run {r + 1}/{args.repeats} {v}: {runs[v][-1]}", flush=True)
-        for v in variants:
-            secs = [x["seconds"] for x in runs[v]]
-            results["variants"][v] = {"median_seconds": statistics.median(secs), **{k: runs[v][0][k] for k in runs[v][0]
-                                      if k not in ("seconds", "load_before")}, "runs": runs[v]}
-    var = results["variants"]
-    if "plain" in var:
-        base = var["plain"]
-        for v, x in var.items():
-            x["time_vs_plain"] = round(x["median_seconds"] / base["median_seconds"], 3)
-            x["distance_vs_plain"] = round(x["mean_pairwise_distance"] / base["mean_pairwise_distance"], 3)
-        if "encoder" in var:
-            e = var["encoder"]
-            results["encoder_start_qualifies"] = bool(
-                e["faces_within_eps"] >= base["faces_within_eps"] and e["distance_vs_plain"] >= 0.8)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+            write_results(results, runs, args.json)
+        var = write_results(results, runs, args.json)
     for v, x in var.items():
         print(f"{v:9s} {x['median_seconds']:7.1f} s  x{x.get('time_vs_plain', float('nan')):.2f}  within eps "
               f"{x['faces_within_eps']}/{x['faces']} faces, {x['candidates_within_eps']} candidates, steps to eps "

@@ -161,6 +161,8 @@ def test_corrupt_or_oversized_encoder_files_refused(tiny, tiny_file, tmp_path, m
         "wide": lambda m: m["entries"]["bicubic-x4"].update(width=16),
         "absurd": lambda m: m["entries"]["bicubic-x4"].update(width=10**9),
         "version": lambda m: m.update(format_version=99),
+        "entry": lambda m: m["entries"].update({"bicubic-x4": [1]}),
+        "hash": lambda m: m.pop("weights_sha256"),
     }.items():
         path = tmp_path / f"{name}.safetensors"
         _rewrite_meta(tiny_file, path, change)
