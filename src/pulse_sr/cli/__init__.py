@@ -29,7 +29,7 @@ from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and te
 from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
 
 #: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
-SUBCOMMANDS = ("run", "align", "restore", "convert", "serve", "weights")
+SUBCOMMANDS = ("run", "align", "restore", "convert", "serve", "weights", "train_encoder")
 
 
 def build_parser() -> argparse.ArgumentParser:
