@@ -32,7 +32,8 @@ def add_parser(sub: Any) -> None:
         "align",
         help="find and align the faces of photos, writing low-resolution search inputs",
         description="For each PHOTO (or folder of photos), detect every face (MTCNN, down to about "
-        "16 px; dlib's 68 landmarks where it finds the face too), align it as the FFHQ dataset was made, resample it to the generator's "
+        "16 px; dlib's 68 landmarks where it finds the face too), align it as the FFHQ dataset was "
+        "made, resample it to the generator's "
         "resolution and downscale it with PULSE's bicubic operator. Writes OUTDIR/<stem>_face_KK.png, "
         "OUTDIR/aligned/<stem>_face_KK.png and OUTDIR/<stem>.json (quads and transforms).",
     )

@@ -19,7 +19,8 @@ from typing import Any
 from pulse_sr.cli.align import aligned_target, find_faces, load_photo, resolve_size, small_face_note
 from pulse_sr.cli.common import (
     NOTICE, Job, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args,
-    json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, version,
+    json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, verbose,
+    version,
 )
 from pulse_sr.cli.options import (
     PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_face_options, add_paste_options,
@@ -36,7 +37,8 @@ def add_parser(sub: Any) -> None:
         help="super-resolve every face of photos and paste them back (run --align)",
         description="For each PHOTO: align every face, search faces that downscale to it (as "
         "pulse-sr run does) and paste the chosen candidate back into an enlarged copy of the photo "
-        "through the inverse of its alignment, with a feathered edge. Writes OUTDIR/<stem>/ with "
+        "through the inverse of its alignment, with a feathered edge. A face already at least the "
+        "generator's resolution is left untouched (--force restores it). Writes OUTDIR/<stem>/ with "
         "restored.png, comparison.png, face_KK/ (the search results) and report.json.",
     )
     add_run_options(p)  # every option of `run`, same names and defaults
@@ -165,6 +167,7 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
     photo = load_photo(path, r.opts.max_pixels)
     resolution = int(r.generator.resolution)
     faces, notes = find_faces(photo, r.faces, resolution=resolution, framing=r.framing)
+    verbose(f"  {path.name}: load and find faces {time.perf_counter() - started:.2f} s")
     skips = _gains(faces, r)
     todo = [f for f, why in zip(faces, skips) if not why]
     targets = _targets(photo, todo, r, str(path))
@@ -181,6 +184,7 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
         factor = output_scale(w, h, [f.face_pixels for f in todo], resolution,
                               max_side=r.paste.max_side, scale=r.paste.scale)
         feathers = [r.paste.feather if f.detection is not None else 0.0 for f in todo]
+        verbose(f"  {path.name}: {len(chosen)} searches done at {time.perf_counter() - started:.2f} s")
         canvas, (sx, sy) = paste_faces(photo, chosen, scale=factor, feather=feathers)
         # a photo with generated faces pasted in (none pasted: the photo, enlarged, unmarked)
         kind = "composite" if chosen else None
@@ -212,13 +216,15 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
     _photo_line(job, final, faces, skips, r, all_conv)
 
 
-def _photo_line(job: Job, final: Path, faces: list[Any], skips: list[str], r: Restore, all_conv: bool) -> None:
+def _photo_line(job: Job, final: Path, faces: list[Any], skips: list[str], r: Restore,
+                all_conv: bool) -> None:
     """The photo's one line (stdout when all is well, else stderr), with the skipped and
     warned faces on their own lines below it."""
     n_done = sum(1 for why in skips if not why)
     msg = f"{job.path}: {n_done} face{'s' if n_done != 1 else ''} restored"
     if n_done < len(faces):
-        msg += f", {len(faces) - n_done} left untouched (already at least the generator's resolution; --force restores them)"
+        msg += (f", {len(faces) - n_done} left untouched (already at least the generator's resolution; "
+                "--force restores them)")
     msg += f" -> {final}"
     if all_conv:  # every photo's line goes to stderr, whatever its outcome
         err(msg)

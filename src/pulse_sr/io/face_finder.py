@@ -59,7 +59,8 @@ def _same_face(a: Detection, b: Detection) -> bool:
     return float(np.hypot(*(qa.c - qb.c))) < SAME_FACE * max(qa.side, qb.side)
 
 
-def detect_photo_faces(photo: np.ndarray, *, min_score: float, detect_max_side: int) -> tuple[list[Detection], list[str]]:
+def detect_photo_faces(photo: np.ndarray, *, min_score: float,
+                       detect_max_side: int) -> tuple[list[Detection], list[str]]:
     """Faces in ``photo [H, W, 3]`` uint8, left to right: MTCNN's, each replaced by dlib's
     detection of the same face when dlib finds it (``min_score`` is dlib's), plus any face
     only dlib finds. Returns ``(detections, notes)``; raises :class:`AlignError` when

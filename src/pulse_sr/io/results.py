@@ -50,7 +50,8 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     ``hr_KK.png`` and ``lr_KK.png`` (its own downscale: the proof), ``search_KK.gif`` when
     ``frames_dirs`` (one folder of ``step_*.png`` per candidate) are given, and ``report.json``
     last. Every generated image carries provenance (:mod:`pulse_sr.io.provenance`: IPTC
-    ``trainedAlgorithmicMedia`` and "generated, not recovered"); ``input.png`` does not. ``started``: a ``time.perf_counter()`` value. Returns the report dict (JSON-safe).
+    ``trainedAlgorithmicMedia`` and "generated, not recovered"); ``input.png`` does not.
+    ``started``: a ``time.perf_counter()`` value. Returns the report dict (JSON-safe).
     """
     import torch
 
