@@ -19,11 +19,15 @@ from PIL import Image
 
 from pulse_sr import cli
 from pulse_sr.io import paste
-from pulse_sr.io.align import NoFaceError, detect_faces, ffhq_quad, warp_face
+from pulse_sr.io.align import NoFaceError, detect_faces, ffhq_quad, frame_corners, warp_face
 from pulse_sr.io.provenance import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, TRAINED_ALGORITHMIC_MEDIA, read_provenance
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_align import HEAD_CENTRE  # noqa: E402
 from test_mtcnn import SIZES, group_photo  # noqa: E402 - the composed photos of faces 16 to 64 px
+
+#: the head's centre in the (mirrored) source image group_photo places
+HEAD_CENTRE_MIRRORED = {False: HEAD_CENTRE, True: (512.0 - HEAD_CENTRE[0], HEAD_CENTRE[1])}
 
 TINY = ["--generator", "tiny", "--steps", "2", "--n", "2", "--quiet"]
 DCGAN = ["--generator", "dcgan-digiface", "--steps", "2", "--n", "1", "--quiet"]
@@ -157,6 +161,26 @@ def test_tight_face_crop_found_and_not_mirrored(astro: np.ndarray, side: int) ->
 
     mirrored = warp_face(crop, m, res)
     assert detail(faces[0].aligned) < 0.5 * detail(mirrored)
+
+
+@pytest.mark.parametrize("angle,mirror", [(12.0, True), (-12.0, False)])
+def test_every_face_found_once_rotated_and_mirrored(astro: np.ndarray, angle: float, mirror: bool) -> None:
+    """What restore and align detect with: MTCNN's faces and dlib's merged, each face once
+    (the larger ones with dlib's 68 landmarks), left to right, at the composed places."""
+    from pulse_sr.cli.align import find_faces
+    from pulse_sr.cli.options import FaceOptions
+    from pulse_sr.io.align import DIGIFACE_FRAMING
+
+    photo, transforms = group_photo(astro, angle, mirror)
+    faces, _ = find_faces(photo, FaceOptions(), resolution=64, framing=DIGIFACE_FRAMING)
+    assert len(faces) == len(SIZES)
+    for face, t in zip(faces, transforms):
+        centre = frame_corners(face.matrix, 64).mean(0)
+        # the frame's centre is near where the head was placed (t maps the head centre there);
+        # the face sits a little below the head's centre: within half a frame
+        placed = t[:2, :2] @ np.array(HEAD_CENTRE_MIRRORED[mirror]) + t[:2, 2]
+        assert np.hypot(*(centre - placed)) < 0.5 * face.face_pixels
+    assert {len(f.detection.landmarks) for f in faces} <= {5, 68}
 
 
 @pytest.mark.parametrize("name", ["coffee", "chelsea"])
