@@ -134,8 +134,12 @@ def test_continuous_batching_mixed_sizes_and_operators(tiny, tiny_fit) -> None:
         assert r.eps == (s.threshold or 2e-3)
         assert r.converged.tolist() == (r.l2 <= r.eps).tolist()
     assert got["loose"].steps.tolist() == [1, 1] and bool(got["loose"].converged.all())
-    # continuous: the third input started before the first two had both finished
     last = {k: max(st for kk, st in seen if kk == k) for k in got}
+    # each input its own step counter (and so its own lr schedule position): 1, 2, ... from joining
+    for key in got:
+        assert [st for k, st in seen if k == key] == list(range(1, last[key] + 1))
+        assert last[key] == int(got[key].steps.max())
+    # continuous: the third input started before the first two had both finished
     first_c = next(i for i, (k, _) in enumerate(seen) if k == "c8mask")
     ends = [max(i for i, (k, _) in enumerate(seen) if k == key) for key in ("a8", "b16box")]
     assert first_c < max(ends)
