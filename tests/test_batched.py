@@ -145,3 +145,44 @@ def test_continuous_batching_mixed_sizes_and_operators(tiny, tiny_fit) -> None:
     assert first_c < max(ends)
     # and fewer synthesis calls than running the inputs one after another would make
     assert len(calls) < sum(last.values())
+
+
+def test_adam_is_torch_adam_bit_for_bit() -> None:
+    """search/adam.py's Adam against torch.optim.Adam: same params after 30 steps with a changing lr,
+    gradients over 5 orders of magnitude and a sphere projection between steps; bit for bit (the same
+    float32 ops in the same order, the same float64 bias corrections)."""
+    from pulse_sr.search.adam import Adam
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(4, 1, 32, generator=g), torch.randn(4, 1, 8, 8, generator=g)]
+    theirs = [t.clone() for t in ours]
+    opt_ours, opt_theirs = Adam(ours, lr=0.4), torch.optim.Adam(theirs, lr=0.4)
+    for step in range(30):
+        for opt in (opt_ours, opt_theirs):
+            opt.param_groups[0]["lr"] = 0.4 * (step + 1) / 30
+        for a, b in zip(ours, theirs):
+            grad = torch.randn(a.shape, generator=g) * 10.0 ** (step % 5 - 2)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        for a, b in zip(ours, theirs):
+            a.div_(a.norm())
+            b.div_(b.norm())
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert not torch.equal(ours[0], torch.randn(4, 1, 32, generator=torch.Generator().manual_seed(0)))
+
+
+def test_search_does_not_import_dynamo() -> None:
+    """Regression (issue 16, start-up): a search step imported torch._dynamo (through torch.optim),
+    as slow as importing torch. A fresh process runs one step of a tiny search and must not have it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pulse_sr.generators.tiny import make_tiny_generator;"
+            "from pulse_sr.search.pulse import pulse_search; import torch;"
+            "r = pulse_search(make_tiny_generator(), torch.rand(3, 8, 8), steps=2, gaussian_fit="
+            "(torch.zeros(32), torch.ones(32)));"
+            "print(int(r.steps.max()), 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "False"]
