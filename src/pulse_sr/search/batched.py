@@ -106,11 +106,17 @@ def search_many(generator: FaceGenerator, inputs: Iterable[InputSpec], *, n: int
 
         gaussian_fit = cached_gaussian_fit(G)
 
+    shared: list = []  # the first state's synthesis (compiled or not), used by all: compiled once
+
     def start(spec: InputSpec) -> Flight:
         report = None if callback is None else (lambda info, key=spec.key: callback(key, info))
         state = make_state(G, spec.target, n=n, seed=seed, settings=settings, device=dev,
                            gaussian_fit=gaussian_fit, operator=spec.operator, mask=spec.mask,
                            threshold=spec.threshold, callback=report)
+        if shared:
+            state.synthesis = shared[0]
+        else:
+            shared.append(state.synthesis)
         first = run_coarse_phase(state) if settings.mode == "fast" and coarse_applies(state) else 0
         return Flight(spec.key, state, first)
 
