@@ -103,7 +103,9 @@ def test_continuous_batching_mixed_sizes_and_operators(tiny, tiny_fit) -> None:
     """Five inputs (8 and 16 px, bicubic and box, one with a loose threshold) through a batch of 4
     rows, 2 candidates each: no synthesis call exceeds 4 rows, later inputs join while earlier ones
     still run, each input's result is its own (target, operator, L2 recomputed from its image)."""
+    bad = InputSpec("bad", torch.rand(3, 5, 5))  # 5 px: no factor of 32; reported, the others go on
     specs = _specs(tiny) + [InputSpec("loose", planted(tiny, 5, 4), threshold=1.0)]
+    errors: dict = {}
     calls: list[int] = []
     real = tiny.synthesis
 
@@ -115,13 +117,15 @@ def test_continuous_batching_mixed_sizes_and_operators(tiny, tiny_fit) -> None:
     got: dict = {}
     tiny.synthesis = spy  # an instance attribute, removed below: the session's generator is unchanged
     try:
-        search_many(tiny, iter(specs), n=2, seed=7, settings=SearchSettings(steps=60), batch_size=4,
+        search_many(tiny, iter(specs[:2] + [bad] + specs[2:]), n=2, seed=7, settings=SearchSettings(steps=60), batch_size=4,
                     device=CPU, gaussian_fit=tiny_fit, on_result=lambda k, r: got.__setitem__(k, r),
-                    callback=lambda k, info: seen.append((k, info.step)))
+                    callback=lambda k, info: seen.append((k, info.step)),
+                    on_error=lambda k, e: errors.__setitem__(k, e))
     finally:
         del tiny.synthesis
     assert list(got) != [] and sorted(got) == sorted(s.key for s in specs)
     assert max(calls) == 4
+    assert list(errors) == ["bad"] and errors["bad"].kind == "size"
     ops = {s.key: s.operator or make_operator("bicubic", factor=32 // s.target.shape[-1]) for s in specs}
     for s in specs:
         r = got[s.key]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from pulse_sr.degradations.base import Degradation
+from pulse_sr.errors import PulseError
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.coarse import coarse_applies, run_coarse_phase
 from pulse_sr.search.pulse import make_state, resolve_settings, validate_settings
@@ -42,6 +43,7 @@ DEFAULT_BATCH = 24
 
 ResultFn = Callable[[Hashable, SearchResult], None]
 ManyCallback = Callable[[Hashable, StepInfo], None]
+ErrorFn = Callable[[Hashable, Exception], None]
 
 
 @dataclass
@@ -78,12 +80,15 @@ class Flight:
 def search_many(generator: FaceGenerator, inputs: Iterable[InputSpec], *, n: int = 1, seed: int = 0,
                 settings: SearchSettings | None = None, batch_size: int = 0,
                 device: str | torch.device | None = None, gaussian_fit: tuple[Tensor, Tensor] | None = None,
-                on_result: ResultFn, callback: ManyCallback | None = None) -> int:
+                on_result: ResultFn, callback: ManyCallback | None = None,
+                on_error: ErrorFn | None = None) -> int:
     """Search ``n`` faces for each input, several inputs' candidates per batch; returns the number of
     inputs searched. ``on_result(key, SearchResult)`` fires once per input, as soon as it is done, in
     the order inputs finish (not necessarily their order). ``batch_size``: candidate rows in flight
     (0: ``DEFAULT_BATCH``, at least ``n``); an input joins when its ``n`` candidates fit. ``callback``:
-    ``(key, StepInfo)`` after each step of an input. Settings as :func:`pulse_search`'s (resolved
+    ``(key, StepInfo)`` after each step of an input. ``on_error(key, error)``: an input that cannot
+    be searched (a :class:`~pulse_sr.errors.PulseError` or ``ValueError``: wrong size, bad mask) is
+    reported there and skipped, the others go on; without it the error is raised. Settings as :func:`pulse_search`'s (resolved
     once for the generator); side effects as its (caches, malloc option)."""
     settings = dataclasses.replace(settings or SearchSettings())
     validate_settings(settings)
@@ -138,7 +143,12 @@ def search_many(generator: FaceGenerator, inputs: Iterable[InputSpec], *, n: int
             if spec is None:
                 exhausted = True
             else:
-                flights.append(start(spec))
+                try:
+                    flights.append(start(spec))
+                except (PulseError, ValueError) as exc:
+                    if on_error is None:
+                        raise
+                    on_error(spec.key, exc)
                 emit_finished()  # a coarse phase may have found every candidate already
         if not flights:
             if exhausted:
