@@ -25,3 +25,25 @@ def test_configure_threads_before_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["passive", "1", "1", "PASSIVE"]
+
+
+def test_cli_sets_passive_wait_before_torch_starts() -> None:
+    """Spinning OpenMP threads made a DCGAN step 4-30x slower on a shared machine; the CLI must
+    set passive waiting before anything imports torch (the runtime reads it once, at start)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from pulse_sr import cli, threads\n"
+            "seen = {}\n"
+            "real = threads.prefer_passive_wait\n"
+            "def spy():\n"
+            "    seen['torch_before'] = 'torch' in sys.modules\n"
+            "    return real()\n"
+            "cli.prefer_passive_wait = spy\n"
+            "cli.main(['weights', 'list'])\n"
+            "print(seen.get('torch_before'), os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False PASSIVE"

@@ -27,6 +27,16 @@ from typing import Any
 PASSIVE_WAIT_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
 
 
+def prefer_passive_wait() -> bool:
+    """Set :data:`PASSIVE_WAIT_ENV` where the user has not, without importing torch.
+
+    Returns whether it was in time (torch not yet imported). The front ends call it first thing.
+    """
+    for key, value in PASSIVE_WAIT_ENV.items():
+        os.environ.setdefault(key, value)
+    return "torch" not in sys.modules
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, else ``os.cpu_count()``)."""
     try:
@@ -63,9 +73,7 @@ def configure_threads(threads: int | None = None, *, passive_wait: bool = True,
     """
     done: dict[str, Any] = {}
     if passive_wait:
-        for key, value in PASSIVE_WAIT_ENV.items():
-            os.environ.setdefault(key, value)
-        done["wait"] = "passive" if "torch" not in sys.modules else "passive (too late: torch already imported)"
+        done["wait"] = "passive" if prefer_passive_wait() else "passive (too late: torch already imported)"
     import torch  # here on purpose: after the environment above
 
     if threads is None:
