@@ -60,3 +60,125 @@ def test_split_composes_to_full_synthesis(name: str, tiny, dcgan) -> None:
 def test_dcgan_default_layer_is_first_feature_map(dcgan) -> None:
     ws, _ = _random_inputs(dcgan, 1, seed=0)
     assert activation_at(dcgan, ws, None, default_layer(dcgan)).act.shape == (1, 512, 4, 4)
+
+
+# -- the extended search ------------------------------------------------------------------------
+from pulse_sr.degradations.bicubic import BicubicDownsample  # noqa: E402
+from pulse_sr.search.extended import extended_search, project_l1_ball  # noqa: E402
+
+
+def _luma(factor: int):
+    """Local BT.601 luma of PULSE's bicubic: [n, 3, R, R] -> [n, 1, h, w] (until the grey wrapper lands)."""
+    down = BicubicDownsample(factor)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return lambda x: (down(x) * weights).sum(dim=1, keepdim=True)
+
+
+def _tiny_problem(tiny, seed: int, batch: int = 2):
+    """Latents of ``batch`` tiny samples: ws [batch, num_ws, w_dim], noise list."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, tiny.z_dim, generator=g)
+    with torch.no_grad():
+        ws = tiny.mapping(z)[:, None].expand(-1, tiny.num_ws, -1).contiguous()
+    noise = [torch.randn(batch, *s, generator=g) for s in tiny.noise_shapes]
+    return ws, noise
+
+
+def _image(gen, split, ws, noise):
+    with torch.no_grad():
+        return ((synthesis_from(gen, split, ws, noise) + 1) / 2).clamp(0, 1)
+
+
+def test_project_l1_ball_matches_bisection() -> None:
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 300, generator=g, dtype=torch.float64)
+    z = torch.tensor([0.0, 2.0, 30.0, 1e4], dtype=torch.float64)
+    w = project_l1_ball(v, z)
+    assert torch.equal(w[3], v[3])  # already inside
+    assert torch.equal(w[0], torch.zeros_like(w[0]))
+    for i in (1, 2):
+        lo, hi = 0.0, float(v[i].abs().max())
+        for _ in range(200):  # bisection on the soft threshold theta: sum(max(|v| - theta, 0)) = z
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float((v[i].abs() - mid).clamp(min=0).sum()) > float(z[i]) else (lo, mid)
+        ref = v[i].sign() * (v[i].abs() - hi).clamp(min=0)
+        # float64: 200 halvings pin theta to ~1e-16 of max |v|; sums of 300 terms add ~300 ulp
+        assert (w[i] - ref).abs().max() < 1e-12
+        assert abs(float(w[i].abs().sum()) - float(z[i])) < 1e-12 * float(z[i]) * 300
+
+
+def test_planted_at_latent_stays_put(tiny) -> None:
+    """x = A(G(w)): starting at w, the extended search keeps L2 ~0 and never leaves the range."""
+    ws, noise = _tiny_problem(tiny, seed=1)
+    op = BicubicDownsample(4)
+    layer = default_layer(tiny)
+    target = op(_image(tiny, activation_at(tiny, ws, noise, layer), ws, noise))
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    res = extended_search(tiny, target, operator=op, start_ws=ws, start_noise=noise, layer=layer, radius=0.1,
+                          steps=20, lr=0.05, threshold=2e-3, seed=0)
+    # the same ops on the same tensors as the target's: L2 is 0 up to batched-kernel rounding
+    # (|diff| a few float32 ulp of values <= 1, squared: < 1e-12)
+    assert float(res.l2.max()) < 1e-12
+    assert res.converged.all() and not res.left_range.any()
+    assert torch.equal(res.radius_used, torch.zeros(2, dtype=res.radius_used.dtype))
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())  # pure
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_planted_in_the_ball_is_found(tiny) -> None:
+    """x = A(G_from(a0 + d)) with ||d||_1 = radius/2 ||a0||_1: found within the threshold from a0."""
+    ws, noise = _tiny_problem(tiny, seed=2)
+    layer, radius = 2, 0.2
+    s0 = activation_at(tiny, ws, noise, layer)
+    g = torch.Generator().manual_seed(5)
+    d = torch.randn(s0.act.shape, generator=g) * (torch.rand(s0.act.shape, generator=g) < 0.1)
+    norm0 = s0.act.abs().flatten(1).sum(1)
+    d = d / d.abs().flatten(1).sum(1).view(-1, 1, 1, 1) * (radius / 2 * norm0).view(-1, 1, 1, 1)
+    op = BicubicDownsample(2)
+    target = op(_image(tiny, Split(s0.act + d, layer, s0.skip), ws, noise))
+    threshold = 1e-5
+    start = (op(_image(tiny, s0, ws, noise)) - target).pow(2).mean(dim=(1, 2, 3))
+    assert (start > 10 * threshold).all()  # the planted face really is off the latent's
+    res = extended_search(tiny, target, operator=op, start_ws=ws, start_noise=noise, layer=layer, radius=radius,
+                          steps=300, lr=0.05, threshold=threshold, seed=0)
+    assert res.converged.all(), res.l2
+    assert res.left_range.all() and (res.radius_used <= radius).all()
+
+
+def test_radius_never_exceeded(tiny) -> None:
+    """A target far off the range pushes every candidate to the ball's surface: the distance
+    reported after every step (and the result's) is <= radius, and the bound is reached."""
+    ws, noise = _tiny_problem(tiny, seed=3, batch=3)
+    target = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+    radius = 0.05
+
+    def record(info) -> None:
+        seen.extend([info.radius_used, info.radius_now])
+
+    res = extended_search(tiny, target, operator=BicubicDownsample(4), start_ws=ws, start_noise=noise,
+                          layer=1, radius=radius, steps=15, lr=0.5, threshold=torch.tensor([0.0, 0.0, 0.0]),
+                          seed=0, callback=record)
+    assert len(seen) == 2 * 16
+    assert max(float(t.max()) for t in seen) <= radius
+    assert (res.radius_used <= radius).all()
+    # the projection is active: the ball's surface is reached (within the float32 safety margin)
+    assert float(res.radius_used.min()) > radius * (1 - 1e-4)
+    assert not res.converged.any() and res.left_range.all()
+
+
+def test_each_candidate_its_own_threshold_and_mask(tiny) -> None:
+    ws, noise = _tiny_problem(tiny, seed=4)
+    op = BicubicDownsample(4)
+    target = op(_image(tiny, activation_at(tiny, ws, noise, 1), ws, noise))
+    garbage = target.clone()
+    garbage[..., :, :3] = 1.0 - garbage[..., :, :3]
+    mask = torch.ones(8, 8)
+    mask[:, :3] = 0
+    res = extended_search(tiny, garbage, operator=op, start_ws=ws, start_noise=noise, layer=1, radius=0.1,
+                          steps=3, lr=0.05, threshold=torch.tensor([1e-3, 1e-3]), mask=mask, seed=0)
+    assert float(res.l2.max()) < 1e-12 and not res.left_range.any()  # unknown pixels add nothing
+    unmasked = extended_search(tiny, garbage, operator=op, start_ws=ws, start_noise=noise, layer=1, radius=0.1,
+                               steps=3, lr=0.05, threshold=torch.tensor([0.0, 1.0]), seed=0)
+    assert not bool(unmasked.converged[0]) and bool(unmasked.converged[1])
+    assert float(unmasked.radius_used[1]) == 0.0 and float(unmasked.radius_used[0]) > 0
