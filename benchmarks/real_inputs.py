@@ -67,6 +67,20 @@ def latent_only(gen: Any, grey: torch.Tensor, n: int, seed: int) -> Any:
     return pulse_search(gen, grey.expand(3, -1, -1).contiguous(), n=n, seed=seed, settings=SearchSettings(mode="auto"))
 
 
+def _cached_latent(folder: Path | None, face: int, compute: Any) -> Any:
+    """The latent search's result for ``face`` (hr, ws, noise), kept in ``folder`` across tuning runs."""
+    from types import SimpleNamespace
+
+    path = folder / f"face{face:03d}.pt" if folder is not None else None
+    if path is not None and path.is_file():
+        return SimpleNamespace(**torch.load(path, weights_only=True))
+    res = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"hr": res.hr, "ws": res.ws, "noise": res.noise}, path)
+    return res
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pulse_sr.generators.dcgan import load_dcgan_digiface
     from pulse_sr.generators.split import default_layer
@@ -86,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     latent_seconds = 0.0
     for i, grey in enumerate(faces):
         t0 = time.perf_counter()
-        res = latent_only(gen, grey, args.n, seed=i * args.n)
+        res = _cached_latent(args.latent_cache, i, lambda: latent_only(gen, grey, args.n, seed=i * args.n))
         latent_seconds += time.perf_counter() - t0
         with torch.no_grad():
             l2_luma = (op(res.hr) - grey[None]).pow(2).mean(dim=(1, 2, 3))
@@ -137,6 +151,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path)
+    ap.add_argument("--latent-cache", type=Path, help="keep the latent searches' results here (tuning)")
     args = ap.parse_args()
     result = run(args)
     summary = {k: v for k, v in result.items() if k != "rows"}

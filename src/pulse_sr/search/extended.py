@@ -150,6 +150,55 @@ def _prepare(target: Tensor, mask: Tensor | None, threshold: float | Tensor, n: 
     return target, mask, thr
 
 
+class _Problem:
+    """The fixed parts of one extended search: the generator's halves, the start activation ``a0``
+    [n, C, H, W] (and its float64 copy, l1 norms, safe radii), target, mask, operator, prior."""
+
+    def __init__(self, G: torch.nn.Module, ws: Tensor, noise: list[Tensor] | None, layer: int, radius: float,
+                 operator: Callable[[Tensor], Tensor], target: Tensor, mask: Tensor | None,
+                 chroma: "ChromaPrior | None", chroma_weight: float) -> None:
+        self.G, self.ws, self.noise, self.layer = G, ws, noise, layer
+        self.operator, self.target, self.mask = operator, target, mask
+        self.chroma, self.chroma_weight = chroma, chroma_weight
+        with torch.no_grad():
+            s0 = activation_at(G, ws, noise, layer)
+        self.a0, self.skip = s0.act.detach(), None if s0.skip is None else s0.skip.detach()
+        self.a0_64 = self.a0.double().flatten(1)
+        self.norm0 = self.a0_64.abs().sum(dim=1)
+        self.r_safe = _safe_radius(self.norm0, radius)
+
+    def image(self, a: Tensor) -> Tensor:
+        """Activation [n, C, H, W] -> raw image [n, 3, R, R] in about [0, 1] (not clamped)."""
+        return (synthesis_from(self.G, Split(a, self.layer, self.skip), self.ws, self.noise) + 1) / 2
+
+    def evaluate(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss [n] on the raw image, l2 [n] of the clamped image (CPU), chroma penalty [n] (CPU))."""
+        raw = self.image(a)
+        l2_raw = masked_l2(self.operator(raw), self.target, self.mask)
+        with torch.no_grad():
+            l2 = masked_l2(self.operator(raw.detach().clamp(0, 1)), self.target, self.mask).cpu()
+        pen = self.chroma.penalty(raw) if self.chroma is not None else raw.new_zeros(raw.shape[0])
+        return l2_raw + self.chroma_weight * pen, l2, pen.detach().cpu()
+
+    def radius_of(self, a: Tensor) -> Tensor:
+        """[n] float64 on CPU: ``||a - a0||_1 / ||a0||_1``, measured on the float32 activation itself."""
+        return ((a.detach().double().flatten(1) - self.a0_64).abs().sum(dim=1) / self.norm0.clamp(min=1e-300)).cpu()
+
+    @torch.no_grad()
+    def project_(self, act: Tensor) -> None:
+        """Move ``act`` in place back into the ball (in float64, onto the safe radius)."""
+        w = project_l1_ball(act.double().flatten(1) - self.a0_64, self.r_safe)
+        act.copy_((self.a0_64 + w).view_as(act).to(act.dtype))
+
+
+def _check_options(steps: int, radius: float, lr: float) -> None:
+    if not (isinstance(steps, int) and steps >= 0):
+        raise SettingsError(f"steps must be a non-negative integer, got {steps!r}", steps=steps)
+    if not (radius >= 0 and lr > 0):
+        raise SettingsError(f"radius must be >= 0 and lr > 0, got radius={radius!r}, lr={lr!r}",
+                            radius=radius, lr=lr)
+
+
 def extended_search(
     generator: torch.nn.Module, target: Tensor, *, operator: "Degradation | Callable[[Tensor], Tensor]",
     start_ws: Tensor, start_noise: Sequence[Tensor] | None, layer: int, radius: float = DEFAULT_RADIUS,
@@ -163,12 +212,10 @@ def extended_search(
     start_ws [n, num_ws, w_dim] and start_noise (list of [n, 1, H, W] or None): each candidate's
     latent result; threshold: float or [n] (each candidate's own); mask [h, w] or [1|n, 1, h, w]
     (1 = known pixel); radius: relative l1 radius; lr: Adam step relative to the mean |a0|.
-    A candidate stops once its L2 is within its threshold and its chroma penalty is 0.
+    A candidate stops once its L2 is within its threshold and its chroma penalty is 0; it keeps
+    its best state: within the threshold beats outside, then the lower loss.
     """
-    if not (isinstance(steps, int) and steps >= 0):
-        raise SettingsError(f"steps must be a non-negative integer, got {steps!r}")
-    if not (radius >= 0 and lr > 0):
-        raise SettingsError(f"radius must be >= 0 and lr > 0, got radius={radius!r}, lr={lr!r}")
+    _check_options(steps, radius, lr)
     G = copy.deepcopy(generator).eval() if generator.training else generator  # BatchNorm stats stay put
     check_layer(G, layer)
     ws = start_ws.detach()
@@ -176,74 +223,52 @@ def extended_search(
     noise = None if start_noise is None else [t.detach() for t in start_noise]
     target, mask, thr = _prepare(target, mask, threshold, n, dev)
     started = time.perf_counter()
-    with torch.no_grad():
-        s0 = activation_at(G, ws, noise, layer)
-    a0, skip = s0.act.detach(), None if s0.skip is None else s0.skip.detach()
-    a0_64 = a0.double().flatten(1)
-    norm0 = a0_64.abs().sum(dim=1)
-    r_safe = _safe_radius(norm0, radius)
-    scale = float(a0.abs().mean()) or 1.0
-    act = a0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([act], lr=lr * scale)
-
-    def evaluate(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss [n] on the raw image, l2 [n] of the clamped image, penalty [n])."""
-        raw = (synthesis_from(G, Split(a, layer, skip), ws, noise) + 1) / 2
-        l2_raw = masked_l2(operator(raw), target, mask)
-        with torch.no_grad():
-            clamped = raw.detach().clamp(0, 1)
-            l2 = masked_l2(operator(clamped), target, mask).cpu()
-        pen = chroma.penalty(raw) if chroma is not None else raw.new_zeros(n)
-        return l2_raw + chroma_weight * pen, l2, pen.detach().cpu()
-
-    def radius_of(a: Tensor) -> Tensor:
-        return ((a.detach().double().flatten(1) - a0_64).abs().sum(dim=1) / norm0.clamp(min=1e-300)).cpu()
-
-    best_act = a0.clone()
-    best_l2 = torch.full((n,), float("inf"))
-    best_key = torch.full((n,), float("inf"))
+    P = _Problem(G, ws, noise, layer, radius, operator, target, mask, chroma, chroma_weight)
+    act = P.a0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([act], lr=lr * (float(P.a0.abs().mean()) or 1.0))
+    best_act = P.a0.clone()
+    best_l2, best_key = torch.full((n,), float("inf")), torch.full((n,), float("inf"))
     done = torch.zeros(n, dtype=torch.bool)
     steps_run = torch.zeros(n, dtype=torch.long)
     start_l2 = torch.full((n,), float("nan"))
     for step in range(steps + 1):
-        total, l2, pen = evaluate(act)
-        if step == 0:
-            start_l2 = l2.clone()
+        total, l2, pen = P.evaluate(act)
+        start_l2 = l2.clone() if step == 0 else start_l2
         active = ~done
-        # within the threshold beats outside; then the lower total loss
-        key = total.detach().cpu() + torch.where(l2 <= thr, 0.0, 1e3)
+        key = total.detach().cpu() + torch.where(l2 <= thr, 0.0, 1e3)  # within the threshold first
         better = active & (key < best_key)
-        rows = better.nonzero().flatten().to(dev)
-        best_act[rows] = act.detach()[rows]
+        best_act[better.nonzero().flatten().to(dev)] = act.detach()[better.nonzero().flatten().to(dev)]
         best_key[better], best_l2[better] = key[better], l2[better]
         done |= active & (l2 <= thr) & (pen <= 0)
         steps_run[active] = step
-        used = radius_of(act)
+        used = P.radius_of(act)
         if step < steps and not done.all():
-            (grad,) = torch.autograd.grad(total.sum(), [act])
+            (grad,) = torch.autograd.grad(total.sum(), [act])  # never into the generator's parameters
             act.grad = grad * (~done).to(dev, grad.dtype).view(-1, *[1] * (grad.ndim - 1))
             opt.step()
             with torch.no_grad():
-                frozen = done.to(dev)
-                act[frozen] = best_act[frozen]
-                w = project_l1_ball(act.double().flatten(1) - a0_64, r_safe)
-                act.copy_((a0_64 + w).view_as(act).to(act.dtype))
+                act[done.to(dev)] = best_act[done.to(dev)]
+            P.project_(act)
         if callback is not None:
-            callback(ExtendedStep(step, steps, l2, used, radius_of(act), best_l2.clone(),
-                                  best_l2 <= thr, ~done))
+            callback(ExtendedStep(step, steps, l2, used, P.radius_of(act), best_l2.clone(), best_l2 <= thr, ~done))
         if step == steps or done.all():
             break
-    with torch.no_grad():
-        hr = ((synthesis_from(G, Split(best_act, layer, skip), ws, noise) + 1) / 2).clamp(0, 1)
-        lr_out = operator(hr)
-        l2_final = masked_l2(lr_out, target, mask).cpu()
-        dist = chroma.distance(hr).cpu() if chroma is not None else None
-    used = radius_of(best_act)
+    return _result(P, best_act, thr, start_l2, steps_run, started, radius, seed,
+                   {"layer": layer, "radius": radius, "norm": "l1", "steps": steps, "lr": lr,
+                    "chroma_weight": chroma_weight if chroma is not None else 0.0})
+
+
+@torch.no_grad()
+def _result(P: _Problem, best_act: Tensor, thr: Tensor, start_l2: Tensor, steps_run: Tensor, started: float,
+            radius: float, seed: int, settings: dict[str, Any]) -> ExtendedResult:
+    """Each candidate's best state, re-evaluated on its clamped image."""
+    hr = P.image(best_act).clamp(0, 1)
+    lr_out = P.operator(hr)
+    l2 = masked_l2(lr_out, P.target, P.mask).cpu()
+    used = P.radius_of(best_act)
     return ExtendedResult(
-        hr=hr.cpu(), lr=lr_out.cpu(), act=best_act.cpu(), skip=None if skip is None else skip.cpu(),
-        l2=l2_final, start_l2=start_l2, threshold=thr, converged=l2_final <= thr, left_range=used > 0,
-        radius_used=used, steps=steps_run, seconds=time.perf_counter() - started, layer=layer, radius=radius,
-        seed=seed, chroma_distance=dist,
-        settings={"layer": layer, "radius": radius, "norm": "l1", "steps": steps, "lr": lr,
-                  "chroma_weight": chroma_weight if chroma is not None else 0.0},
+        hr=hr.cpu(), lr=lr_out.cpu(), act=best_act.cpu(), skip=None if P.skip is None else P.skip.cpu(),
+        l2=l2, start_l2=start_l2, threshold=thr, converged=l2 <= thr, left_range=used > 0, radius_used=used,
+        steps=steps_run, seconds=time.perf_counter() - started, layer=P.layer, radius=radius, seed=seed,
+        chroma_distance=P.chroma.distance(hr).cpu() if P.chroma is not None else None, settings=settings,
     )
