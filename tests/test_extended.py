@@ -182,3 +182,36 @@ def test_each_candidate_its_own_threshold_and_mask(tiny) -> None:
                                steps=3, lr=0.05, threshold=torch.tensor([0.0, 1.0]), seed=0)
     assert not bool(unmasked.converged[0]) and bool(unmasked.converged[1])
     assert float(unmasked.radius_used[1]) == 0.0 and float(unmasked.radius_used[0]) > 0
+
+
+def _lfw_face(index: int) -> torch.Tensor:
+    """lfw_subset face ``index`` (25x25 grey) resized to 16x16 with Pillow bicubic, 8-bit: [1, 16, 16] in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    face = data.lfw_subset()[index]
+    img = Image.fromarray(np.round(face * 255).astype(np.uint8), mode="L").resize((16, 16), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def test_real_face_outside_range_reaches_eps(dcgan) -> None:
+    """A real (LFW) grey face: the latent search misses eps on luma, the extended search meets it,
+    within its radius, with plausible colour."""
+    from pulse_sr.search.chroma import fit_chroma_prior
+    from pulse_sr.search.pulse import pulse_search
+    from pulse_sr.search.settings import SearchSettings
+
+    eps, radius = 2e-3, 0.3
+    grey = _lfw_face(1)
+    op = _luma(4)
+    latent = pulse_search(dcgan, grey.expand(3, -1, -1).contiguous(), n=1, seed=0, settings=SearchSettings(mode="auto"))
+    with torch.no_grad():
+        latent_l2 = float((op(latent.hr) - grey[None]).pow(2).mean())
+    assert latent_l2 > eps
+    prior = fit_chroma_prior(dcgan, samples=200, seed=0)
+    res = extended_search(dcgan, grey, operator=op, start_ws=latent.ws, start_noise=latent.noise, layer=1,
+                          radius=radius, steps=200, lr=0.1, threshold=eps, seed=0, chroma=prior)
+    assert bool(res.converged[0]) and float(res.l2[0]) <= eps, (latent_l2, res.l2)
+    assert bool(res.left_range[0]) and 0 < float(res.radius_used[0]) <= radius
+    assert float(res.chroma_distance[0]) <= prior.radius
