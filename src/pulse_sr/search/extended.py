@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from pulse_sr.search.chroma import ChromaPrior
 
 #: defaults chosen by benchmarks/real_inputs.py (dcgan-digiface, lfw_subset faces at 16x16)
-DEFAULT_RADIUS = 0.1
+DEFAULT_RADIUS = 0.3
 DEFAULT_STEPS = 100
-DEFAULT_LR = 0.05
+DEFAULT_LR = 0.1
 DEFAULT_CHROMA_WEIGHT = 1e-2
 #: float32 unit roundoff
 _U32 = 2.0 ** -24
