@@ -9,9 +9,11 @@ generator's range.
 The ball is **l1**, of radius ``radius * ||a0||_1`` per candidate (``a0``: its start
 activation). l1 as in ILO and in the experiment of issue 13: it favours sparse changes,
 so most of the activation stays exactly the generator's and the deviation concentrates
-where the data demands it; an l2 ball of the same relative radius spreads a small
-change over every unit, which shifts colour and texture everywhere. After every
-optimiser step the activation is projected back onto the ball (Duchi et al. 2008).
+where the data demands it, whereas an l2 ball of the same relative radius lets every
+unit move a little. (An l2 ball was not benchmarked here.) After every optimiser step
+the activation is projected back onto the ball (Duchi et al. 2008), in float64 and onto
+a radius shrunk by a float32 rounding margin, so the reported distance never exceeds
+``radius``.
 
 Loss per candidate: L2 between ``operator(hr)`` and the target over known pixels
 (``mask``), plus, when a chroma prior is given (grey inputs), ``chroma_weight *
