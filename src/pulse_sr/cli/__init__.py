@@ -26,6 +26,7 @@ from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and te
     DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_USAGE, NOTICE,
     UsageError, configure, err, one_line, version,
 )
+from pulse_sr.threads import prefer_passive_wait
 from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
 
 #: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
     configure(args)
+    # Idle OpenMP threads must sleep, not spin: on a shared machine spinning made a DCGAN step
+    # 4-30x slower (benchmarks/results/threads.json). Read when torch starts, so set it first.
+    prefer_passive_wait()
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
         return int(args.func(args))

@@ -19,7 +19,6 @@ A file for other generator weights (another hash) is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from pulse_sr.errors import SettingsError, WeightsError
 from pulse_sr.generators.base import FaceGenerator
+from pulse_sr.search.seeds import stream_seed  # noqa: F401 - re-exported
 
 OPERATORS = ("bicubic", "box")
 FORMAT_VERSION = 1
@@ -43,16 +43,6 @@ MAX_FILE_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 20
 MAX_WIDTH, MAX_HIDDEN, MAX_W_DIM, MAX_SIDE = 256, 4096, 4096, 1024
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "encoders"
-
-
-def stream_seed(tag: str, seed: int, k: int = 0) -> int:
-    """A 32-bit seed for the named random stream of (seed, k).
-
-    ``torch.Generator().manual_seed`` keeps only the low 32 bits of a CPU seed (``1 << 40`` and
-    ``0`` give the same draws), so streams are told apart by hashing, not by adding large offsets.
-    """
-    digest = hashlib.sha256(f"pulse-sr/{tag}/{seed}/{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def make_operator(name: str, factor: int) -> Callable[[Tensor], Tensor]:
