@@ -630,10 +630,6 @@ def test_big_phone_photo_is_taken_not_refused(tmp_path: Path) -> None:
         assert r.status_code == 400 and "too many pixels" in r.json()["error"]
 
 
-@pytest.mark.xfail(reason="INTEGRATOR: hr_KK.png / lr_KK.png of a finished job come from the shared "
-                          "writer (cli/run.write_result_files, moving to io/results.py); it must mark "
-                          "them with io/provenance (kind 'generated') when that move lands",
-                   strict=False)
 def test_finished_job_faces_carry_provenance(client: httpx.Client) -> None:
     from pulse_sr.io.provenance import read_provenance
 
