@@ -103,7 +103,7 @@ def map_rows_with_actors(rows: list[dict[str, Any]], udf: type, *, constructor_k
     fixed pool of ``workers`` actors, each built once with ``constructor_kwargs``.
 
     Actors are restarted when their process dies and their unfinished calls retried
-    (``max_restarts=-1``, ``max_task_retries=-1``; Ray 2.60's defaults, given explicitly).
+    (``max_restarts=-1``, ``max_task_retries=-1``: see :func:`restart_kwargs`).
     """
     ray = import_ray()
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows))) if _accepts(
@@ -112,9 +112,24 @@ def map_rows_with_actors(rows: list[dict[str, Any]], udf: type, *, constructor_k
     if gpus_per_worker:
         extra["num_gpus"] = gpus_per_worker
     out = ds.map_batches(udf, batch_size=1, batch_format="numpy", fn_constructor_kwargs=constructor_kwargs,
-                         max_restarts=-1, max_task_retries=-1,
-                         **actor_pool_kwargs(ds.map_batches, ray.data.ActorPoolStrategy, workers), **extra)
+                         **actor_pool_kwargs(ds.map_batches, ray.data.ActorPoolStrategy, workers),
+                         **restart_kwargs(), **extra)
     yield from out.iter_rows()
+
+
+def restart_kwargs() -> dict[str, Any]:
+    """Unlimited actor restarts and call retries. Ray 2.60 deprecates passing them as extra
+    ``**ray_remote_args`` and makes them the actor pool's default (its
+    ``actor_pool_map_operator``: ``max_restarts=-1``, ``max_task_retries=-1`` unless given), so
+    they are passed only to a Ray that does not warn about such arguments."""
+    try:
+        from ray.data import dataset
+
+        if hasattr(dataset, "_warn_on_ray_remote_args"):
+            return {}
+    except ImportError:
+        pass
+    return {"max_restarts": -1, "max_task_retries": -1}
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:

@@ -91,6 +91,8 @@ def run_ray(tasks: Iterable[InputTask], spec: WorkerSpec, on_result: Callable[[T
                 break
             try:
                 delivered += _one_run(pending, spec, on_result, workers, threads_per_worker, gpus_per_worker)
+            except _CallbackError as e:
+                raise e.error from None  # the driver's own writer failed: not Ray's to retry
             except Exception as e:  # noqa: BLE001 - Ray's errors vary by version; retry what is missing
                 if attempt == attempts:
                     raise
@@ -116,9 +118,20 @@ def _one_run(pending: dict[str, InputTask], spec: WorkerSpec, on_result: Callabl
             continue  # a retried call's second answer: already delivered
         result = TaskResult.from_bytes(bytes(row["payload"]))
         del pending[name]
-        on_result(result)
+        try:
+            on_result(result)
+        except BaseException as e:  # noqa: BLE001 - re-raised as it is by run_ray
+            raise _CallbackError(e) from e
         delivered += 1
     return delivered
+
+
+class _CallbackError(Exception):
+    """Carries an exception raised by ``on_result`` past the retry loop."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 def default_workers() -> int:
