@@ -74,10 +74,14 @@ def _assert_same(a: TaskResult, b: TaskResult) -> None:
 
 def test_local_ray_processes_a_folder_like_the_local_engine(local_ray, folder, spec, local_results):
     got: list[TaskResult] = []
-    n = run_engine("ray", read_tasks(folder), spec, got.append, workers=2, threads_per_worker=1)
-    assert n == len(folder) == len(got)
-    assert sorted(r.name for r in got) == sorted(local_results)
-    for r in got:
+    junk = InputTask("junk.png", b"junk", index=len(folder))
+    n = run_engine("ray", [*read_tasks(folder), junk], spec, got.append, workers=2, threads_per_worker=1)
+    assert n == len(folder) + 1 == len(got)
+    bad = [r for r in got if r.name == "junk.png"]  # a bad input is an error result, the rest run
+    assert [r.error_kind for r in bad] == ["image"] and bad[0].error_message.startswith("junk.png: not an image")
+    good = [r for r in got if r.name != "junk.png"]
+    assert sorted(r.name for r in good) == sorted(local_results)
+    for r in good:
         _assert_same(r, local_results[r.name])
     assert all(r.worker_pid != os.getpid() for r in got)  # computed by the workers, not the driver
 
@@ -103,37 +107,29 @@ def test_a_worker_killed_with_sigkill_loses_nothing(local_ray, folder, spec, loc
         os.kill(killed[0], 0)
 
 
+def _write(r: TaskResult, out: Path) -> None:
+    """A stand-in for the CLI's writer: the result folder, report.json last."""
+    final = out / Path(r.name).stem
+    final.mkdir()  # fails if an input were written twice
+    (final / "report.json").write_text(json.dumps({"l2": r.result.l2.tolist()}))
+
+
 def test_resume_after_the_driver_dies_writes_each_input_once(local_ray, folder, spec, tmp_path):
     """The CLI's resume rule at this level: report.json, written last, marks an input done."""
     written: list[str] = []
 
-    def writer(r: TaskResult) -> None:
-        final = tmp_path / Path(r.name).stem
-        final.mkdir()  # fails if an input were written twice
-        (final / "report.json").write_text(json.dumps({"l2": r.result.l2.tolist()}))
+    def dying_writer(r: TaskResult) -> None:
+        _write(r, tmp_path)
         written.append(r.name)
         if len(written) == 2:
             raise KeyboardInterrupt  # the driver dies after two inputs
 
     with pytest.raises(KeyboardInterrupt):
-        run_engine("ray", read_tasks(folder), spec, writer, workers=2, threads_per_worker=1)
+        run_engine("ray", read_tasks(folder), spec, dying_writer, workers=2, threads_per_worker=1)
     assert len(written) == 2
     todo = [p for p in folder if not (tmp_path / p.stem / "report.json").exists()]
     assert len(todo) == len(folder) - 2
-    run_engine("ray", read_tasks(todo), spec, lambda r: (written.append(r.name), writer_rest(r, tmp_path)),
+    run_engine("ray", read_tasks(todo), spec, lambda r: (_write(r, tmp_path), written.append(r.name)),
                workers=2, threads_per_worker=1)
     assert sorted(written) == sorted(str(p) for p in folder)
     assert sorted(d.name for d in tmp_path.iterdir()) == sorted(p.stem for p in folder)
-
-
-def writer_rest(r: TaskResult, out: Path) -> None:
-    final = out / Path(r.name).stem
-    final.mkdir()
-    (final / "report.json").write_text(json.dumps({"l2": r.result.l2.tolist()}))
-
-
-def test_bad_input_on_ray_is_an_error_result(local_ray, spec):
-    got: list[TaskResult] = []
-    run_engine("ray", [InputTask("junk.png", b"junk")], spec, got.append, workers=1)
-    assert [(r.name, r.error_kind) for r in got] == [("junk.png", "image")]
-    assert got[0].error_message.startswith("junk.png: not an image")
