@@ -126,3 +126,20 @@ def test_adapter_picks_the_pool_arguments_each_ray_version_takes(monkeypatch):
     monkeypatch.setattr(ray_adapter, "_concurrency_deprecated", lambda: True)  # Ray >= 2.51
     new = actor_pool_kwargs(_mb_with_concurrency, _NewStrategy, 3)
     assert list(new) == ["compute"] and new["compute"].size == 3
+
+
+def test_joining_a_cluster_that_is_not_there_is_one_clear_error(monkeypatch):
+    """No Ray cluster runs at this address: a PulseError naming it, not Ray's traceback."""
+    ray = pytest.importorskip("ray")
+    from pulse_sr.engines import ray_adapter
+    from pulse_sr.errors import PulseError
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def refuse(**kw):
+        raise ConnectionError("Could not find any running Ray instance.\n Please specify address")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(PulseError, match=r"^cannot join the Ray cluster at 10.0.0.9:6379: Could not find") as e:
+        ray_adapter.start(address="10.0.0.9:6379", num_cpus=None, num_gpus=None)
+    assert e.value.data == {"address": "10.0.0.9:6379"} and "\n" not in str(e.value)

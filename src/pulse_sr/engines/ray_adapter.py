@@ -64,7 +64,8 @@ def start(*, address: str | None, num_cpus: int | None, num_gpus: int | None,
     """Join ``address`` (``"auto"`` or ``"HOST:PORT"``) or start a local Ray with ``num_cpus``.
 
     A Ray already initialised in this process is used as it is. Returns whether this call
-    started it (then :func:`stop` shuts it down). No dashboard, worker logs not echoed.
+    started it (then :func:`stop` shuts it down). No dashboard, worker logs not echoed. A cluster
+    that cannot be joined is a :class:`~pulse_sr.errors.PulseError` (one line, ``address``).
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -72,7 +73,13 @@ def start(*, address: str | None, num_cpus: int | None, num_gpus: int | None,
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
     if address is not None:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            from pulse_sr.errors import PulseError
+
+            line = " ".join(str(e).split())[:300]
+            raise PulseError(f"cannot join the Ray cluster at {address}: {line}", address=address) from None
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_bytes, **kwargs)
     quiet_data()
