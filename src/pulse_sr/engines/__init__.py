@@ -10,6 +10,17 @@ which alone writes files:
   optional ``ray`` extra).
 
 :func:`run_engine` is the one entry point a front end calls. Nothing heavy is imported here.
+A front end's use, e.g. ``pulse-sr run --engine ray``::
+
+    tasks = read_tasks(paths, TaskOptions(resize=..., center_crop=..., max_pixels=...))
+    spec = WorkerSpec(generator=..., weights=..., device=..., settings=settings, n=n, seed=seed,
+                      gaussian_fit=fit)  # fit computed once on the driver (None: each worker's own)
+    run_engine("ray", tasks, spec, write_one, address=None, workers=2, threads_per_worker=1,
+               gpus_per_worker=0)
+
+where ``write_one(result)`` skips inputs already done, then writes ``result.target``,
+``result.result`` (a SearchResult), ``result.generator_info`` and ``result.input_info`` into a
+staged folder (report.json last), or records ``result.error()`` as that input's failure.
 """
 from __future__ import annotations
 
