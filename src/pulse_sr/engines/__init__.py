@@ -18,7 +18,8 @@ A front end's use, e.g. ``pulse-sr run --engine ray``::
     run_engine("ray", tasks, spec, write_one, address=None, workers=2, threads_per_worker=1,
                gpus_per_worker=0)
 
-where ``write_one(result)`` skips inputs already done, then writes ``result.target``,
+where ``paths`` leaves out inputs already done (the resume rule: report.json exists) and
+``write_one(result)`` writes ``result.target``,
 ``result.result`` (a SearchResult), ``result.generator_info`` and ``result.input_info`` into a
 staged folder (report.json last), or records ``result.error()`` as that input's failure.
 """
