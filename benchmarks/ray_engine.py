@@ -6,7 +6,8 @@ by 4, written as PNGs), ``n=4``, the front ends' default settings (mode auto, co
 lean memory). Reports:
 
 - Ray's own start-up and shutdown (a local Ray with 2 CPUs, no dashboard);
-- faces per second of the local engine (this process, 2 torch threads) and of a local Ray
+- faces per second of the local engine (this process, 2 torch threads; before and after the
+  Ray runs, to bracket load drift on a shared machine; ratios use the faster) and of a local Ray
   with 2 CPUs: two workers with 1 thread each, and one worker with 2 threads. A Ray run's
   wall time includes its actors' start (each imports torch and loads the generator);
   ``steady_faces_per_s`` counts from the first result on.
@@ -114,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             ray_adapter.stop(started)
             out["ray_shutdown_s"] = round(time.perf_counter() - t0, 2)
+        # the local engine again, after Ray: the two local figures bracket the machine's load drift
+        out["local_2_threads_after"] = timed_run("local", tasks, dataclasses.replace(spec, threads=2))
+        torch.set_num_threads(threads)
+        print("local after:", out["local_2_threads_after"], file=sys.stderr)
     out["ray_start_plus_shutdown_s"] = round(out["ray_start_s"] + out["ray_shutdown_s"], 2)  # type: ignore[operator]
     for key in ("faces_per_s", "steady_faces_per_s"):  # the target: steady Ray >= 0.8x local
-        local = out["local_2_threads"][key]  # type: ignore[index]
+        local = max(out[k][key] for k in ("local_2_threads", "local_2_threads_after"))  # type: ignore[index]
         rays = [out[k][key] for k in ("ray_2_workers_1_thread", "ray_1_worker_2_threads")]  # type: ignore[index]
         if local and all(rays):
             out[f"best_ray_over_local_{key}"] = round(max(rays) / local, 3)
