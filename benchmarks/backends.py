@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_REFERENCE = HERE.parent.parent / "shared" / "reference"
+DEFAULT_REFERENCE = Path(os.environ.get("PULSE_SR_REFERENCE") or HERE.parent.parent / "shared" / "reference")
 DEFAULT_JSON = HERE / "results" / "backends.json"
 
 NETWORKS = {

@@ -298,7 +298,7 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, block_ws, block_noise)
             w_idx += block.num_conv
         assert img is not None
-        return img
+        return img.contiguous()  # the upsampling runs channels-last; hand back the usual layout
 
 
 # -- the generator -----------------------------------------------------------------------
