@@ -138,8 +138,9 @@ def test_sg3_synthesis_compiles_as_one_graph(one_thread) -> None:
 @pytest.mark.slow
 def test_compiled_sg3_step_gives_eager_gradients(one_thread) -> None:
     g, ws = sg3_clamped()
-    with torch.no_grad():  # the clamp acts: some pre-clamp value exceeds it
-        assert float(g.synthesis(ws).abs().max()) > 0
+    with torch.no_grad():  # the clamp acts: without it the image differs
+        unclamped = sg3_tiny_gen(torch.float32, conv_clamp=None).synthesis(ws)
+        assert not torch.allclose(g.synthesis(ws), unclamped, atol=1e-3)
     eager = step_gradients(g.synthesis, ws, None)
     compiled = synthesis_for(g, True)
     got = step_gradients(compiled, ws, None)
