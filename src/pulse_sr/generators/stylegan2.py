@@ -89,6 +89,15 @@ class FullyConnectedLayer(nn.Module):
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, lrelu={self.lrelu}, lr_multiplier={self.lr_multiplier}"
 
 
+def use_fused(fused_modconv: bool, styles: Tensor) -> bool:
+    """The form a modulated conv runs in: the grouped (fused) form only when no gradient flows
+    through ``styles``. With one, the fused form's per-sample kernels need a weight gradient (one
+    more convolution per layer in the backward, a third of a PULSE step's FLOPs); the other form
+    scales activations around a shared, constant kernel and needs only the input gradient. Both
+    are the same function (different float rounding, see ``modulated_conv2d``)."""
+    return fused_modconv and not (styles.requires_grad and torch.is_grad_enabled())
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv + noise + bias + LeakyReLU: ``x [N, I, H, W]``, ``w [N, w_dim]`` -> ``[N, O, up*H, up*W]``."""
 
@@ -127,7 +136,7 @@ class SynthesisLayer(nn.Module):
         else:
             noise = None
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1,
-                             resample_filter=self.resample_filter, fused=self.fused_modconv)
+                             resample_filter=self.resample_filter, fused=use_fused(self.fused_modconv, styles))
         return bias_act(x, self.bias, lrelu=True, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
@@ -154,7 +163,7 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=self.fused_modconv)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=use_fused(self.fused_modconv, styles))
         return bias_act(x, self.bias, lrelu=False, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
@@ -289,7 +298,7 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, block_ws, block_noise)
             w_idx += block.num_conv
         assert img is not None
-        return img
+        return img.contiguous()  # the upsampling runs channels-last; hand back the usual layout
 
 
 # -- the generator -----------------------------------------------------------------------
@@ -330,7 +339,9 @@ class StyleGAN2Generator(NvidiaSubnetworks):
     ``num_fp16_res`` is accepted and ignored: everything runs in the
     parameters' dtype (NVIDIA's code also runs float32 on a CPU).
     ``fused_modconv`` picks the grouped-convolution form of the modulated conv
-    (NVIDIA's inference default) or the scale-activations form.
+    (NVIDIA's inference default) or the scale-activations form, for forward passes without a
+    gradient; a backward through the styles (a search step) always runs the scale-activations
+    form (:func:`use_fused`).
     """
 
     backend = "stylegan2"

@@ -62,6 +62,9 @@ def upfirdn2d(x: Tensor, f: Tensor, *, up: int = 1, pad: tuple[int, int] = (0, 0
     x = F.pad(x, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
     x = x[:, :, max(-p0, 0):x.shape[2] - max(-p1, 0), max(-p0, 0):x.shape[3] - max(-p1, 0)]
     f = (f * gain ** (f.ndim / 2)).to(x.dtype).flip([0, 1])
+    # depthwise convolutions run about 2.4x faster forward and backward in channels-last on a CPU
+    # (measured: [1, 32, 1027, 1027] with a 4x4 filter); a no-op when x already is
+    x = x.contiguous(memory_format=torch.channels_last)
     return F.conv2d(x, f[None, None].expand(c, 1, -1, -1), groups=c)
 
 
@@ -92,7 +95,9 @@ def conv2d_resample(x: Tensor, w: Tensor, f: Tensor | None = None, *, up: int = 
     # conv_transpose2d wants [in, out/groups, k, k]
     wt = w.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
     wt = wt.reshape(groups * in_per_group, out_ch // groups, kh, kw)
-    x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
+    # channels-last in, channels-last out: the FIR filter after it needs no layout copy of the
+    # 4x larger output
+    x = F.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), wt, stride=up, padding=pt, groups=groups)
     return upfirdn2d(x, f, pad=(p0 + pt, p1 + pt), gain=up * up)
 
 

@@ -185,10 +185,14 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None, fd: Tensor | None, b: Tensor | 
         x = F.leaky_relu_(x, slope) if x is not x_in else F.leaky_relu(x, slope)
     if clamp is not None:
         limit = clamp / gain
-        flat = x.detach().permute(0, 2, 3, 1).reshape(-1)  # a view: reductions are slow on channels_last
-        lo, hi = torch.aminmax(flat)
-        if lo.item() < -limit or hi.item() > limit:  # rare: skip the pass when nothing would change
+        if torch.compiler.is_compiling():
+            # no data-dependent branch (a graph break); the compiler fuses the clamp with the lrelu
             x = x.clamp(-limit, limit)
+        else:
+            flat = x.detach().permute(0, 2, 3, 1).reshape(-1)  # a view: reductions are slow on channels_last
+            lo, hi = torch.aminmax(flat)
+            if lo.item() < -limit or hi.item() > limit:  # rare: skip the pass when nothing would change
+                x = x.clamp(-limit, limit)
     if fd is None:
         x = x if down == 1 else x[:, :, ::down, ::down]
         return x * gain if gain != 1 else x

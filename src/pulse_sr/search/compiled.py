@@ -13,6 +13,11 @@ Not used here, on purpose: channels-last memory format (wrong input gradients th
 ``instance_norm`` at batch 1 on this torch build) and bf16 autocast (a convolution
 fallback hundreds of times slower).
 
+The StyleGAN2 and StyleGAN3 backends compile too (gradients against eager float32 in
+tests/test_backend_speed_paths.py on small configs, and at full size in ``benchmarks/backends.py``:
+relative 7e-5 for StyleGAN2 1024); StyleGAN3's clamp takes no data-dependent branch while
+compiling, so its synthesis is one graph.
+
 If compiling fails (no C++ compiler, an unsupported op), a warning says so once
 and the eager synthesis is used: slower, never wrong.
 """
