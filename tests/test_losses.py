@@ -54,6 +54,7 @@ def test_loss_terms_match_original(loss_inputs: tuple, golden: dict) -> None:
 def test_l2_clamped_at_eps_per_image() -> None:
     ref = torch.zeros(1, 3, 4, 4)
     lr = torch.stack([torch.full((3, 4, 4), 0.01), torch.full((3, 4, 4), 0.5)])
+    # allclose's defaults (rtol 1e-5): means of 48 equal float32 values are exact to an ulp or two
     assert torch.allclose(l2_per_image(lr, ref), torch.tensor([1e-4, 0.25]))
     assert torch.allclose(loss_l2(lr, ref, 2e-3), torch.tensor([2e-3, 0.25]))
     assert torch.allclose(loss_l1(lr, ref, 2e-3), torch.tensor([0.1, 5.0]))
@@ -66,6 +67,8 @@ def test_geocross_per_candidate_and_single_layer_zero() -> None:
     assert torch.allclose(per[1], loss_geocross(ws[1:2])[0])
     assert torch.equal(loss_geocross(torch.randn(2, 1, 16)), torch.zeros(2))
     same = torch.randn(1, 1, 16).expand(1, 5, 16).contiguous()
+    # identical layers: atan2 of sqrt(1e-9) against |2x| ~ 8, i.e. ~4e-6 rad, squared x 512 / 8:
+    # ~1e-9, under 1e-6; different layers give O(1)
     assert loss_geocross(same).item() < 1e-6 < loss_geocross(ws[:1]).item()
 
 
@@ -106,6 +109,7 @@ def test_sphere_projection_keeps_radius_per_row() -> None:
     assert r_lat.shape == (2, 3, 1) and r_noise.shape == (2, 1, 1, 1)
     moved = latent * torch.rand(2, 3, 1) * 5 + 0.01
     project_to_sphere_(moved, r_lat, latent_dims(moved))
+    # a norm of <= 1024 float32 squares, rescaled: sqrt(1024) x EPS32 = 3.8e-6 of radii ~ 1-5
     assert torch.allclose(sphere_norm(moved, (2,)), r_lat, atol=1e-5)
     project_to_sphere_(noise.mul_(3), r_noise, noise_dims(noise))
     assert torch.allclose(sphere_norm(noise, (2, 3)), r_noise, atol=1e-5)

@@ -235,6 +235,7 @@ def _const(*rgb: float, size: int = 5) -> torch.Tensor:
 
 def test_spread_two_constant_images() -> None:
     hr = torch.stack([_const(0.2, 0.2, 0.2), _const(0.6, 0.6, 0.6)])
+    # 0.2 and 0.6 in float32 are each within 3e-8 of the decimal: their difference within 6e-8
     assert spread(hr) == pytest.approx(0.4, abs=1e-7)
     m = spread_map(hr)
     assert m.shape == (5, 5) and m.dtype == torch.float32
@@ -245,7 +246,7 @@ def test_spread_three_images_per_channel() -> None:
     hr = torch.stack([_const(0, 0, 0), _const(0.5, 0, 0), _const(1, 1, 1)])
     # pair RMS over R, G, B: (0,b) sqrt(0.25/3), (0,c) 1, (b,c) sqrt((0.25+1+1)/3)
     expected = (math.sqrt(0.25 / 3) + 1.0 + math.sqrt(2.25 / 3)) / 3
-    assert spread(hr) == pytest.approx(expected, rel=1e-6)
+    assert spread(hr) == pytest.approx(expected, rel=1e-6)  # exact float32 inputs, a few roundings
     # population std: R over {0, .5, 1} = sqrt(1/6); G and B over {0, 0, 1} = sqrt(2/9)
     m = spread_map(hr)
     torch.testing.assert_close(m, torch.full((5, 5), (math.sqrt(1 / 6) + 2 * math.sqrt(2 / 9)) / 3))
@@ -258,13 +259,16 @@ def test_spread_map_localises_differences() -> None:
     m = spread_map(torch.stack([a, b]))
     expected = torch.zeros(8, 8)
     expected[2, 5] = (0.15 + 0.0 + 0.3) / 3
+    # b - a is 0.3 or 0.6 up to one float32 ulp of values < 2 (2.4e-7), halved by the std
     torch.testing.assert_close(m, expected, atol=1e-6, rtol=0)
     # spread: the one pair's RMS over 3*64 values
+    # the same ulp-level error of b - a (2.4e-7 on 0.3): ~1e-6 relative, within 1e-5
     assert spread(torch.stack([a, b])) == pytest.approx(math.sqrt((0.09 + 0.36) / 192), rel=1e-5)
 
 
 def test_spread_is_order_free_and_zero_for_copies() -> None:
     hr = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    # the same pairs, summed in another order in float64: ~1e-16 x a few terms
     assert spread(hr) == pytest.approx(spread(hr.flip(0)), rel=1e-12)
     assert spread(hr[:1].expand(3, -1, -1, -1)) == 0.0
     assert spread(hr[:1]) == 0.0
