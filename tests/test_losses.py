@@ -45,8 +45,8 @@ def test_loss_terms_match_original(loss_inputs: tuple, golden: dict) -> None:
     assert loss_geocross(dl).item() == pytest.approx(golden["loss_GEOCROSS"][0], rel=geo_tol)
     total, parts = evaluate_loss(parse_loss("100*L2+0.05*GEOCROSS+1*L1"), lr, ref, dl, eps)
     # the terms' absolute errors add: 100 * 0.77 * l2_tol + 0.05 * 148 * geo_tol + 6.4 * l1_tol
-    total_abs = 100 * golden["loss_L2"][0] * l2_tol + 0.05 * golden["loss_GEOCROSS"][0] * geo_tol \
-        + golden["loss_L1"][0] * l1_tol
+    total_abs = float(100 * golden["loss_L2"][0] * l2_tol + 0.05 * golden["loss_GEOCROSS"][0] * geo_tol
+                      + golden["loss_L1"][0] * l1_tol)
     assert total.item() == pytest.approx(golden["loss_total_100L2_0.05GEOCROSS_1L1"][0], rel=0, abs=total_abs)
     assert set(parts) == {"L2", "L1", "GEOCROSS"}
 

@@ -57,7 +57,7 @@ def test_synthesis_matches_golden(synth_out, golden: dict) -> None:
     assert_close(F.avg_pool2d(out, 32), golden["synthesis_out_avgpool32"], SG1_SYNTHESIS_REL)
     assert_close(out[:, :, 480:544, 480:544], golden["synthesis_out_crop_center"], SG1_SYNTHESIS_REL)
     assert_close(out[:, :, 0:64, 960:1024], golden["synthesis_out_crop_corner"], SG1_SYNTHESIS_REL)
-    mean, std = golden["synthesis_out_mean_std"]
+    mean, std = (float(v) for v in golden["synthesis_out_mean_std"])
     # An average of per-pixel errors, each at most SG1_SYNTHESIS_REL * std; std's relative error is that too.
     assert out.double().mean().item() == pytest.approx(mean, rel=0, abs=SG1_SYNTHESIS_REL * std)
     assert out.double().std().item() == pytest.approx(std, rel=SG1_SYNTHESIS_REL)

@@ -112,7 +112,7 @@ def _check_image(img: torch.Tensor, golden2: dict, prefix: str, crops: tuple[str
         "image_crop_center": lambda: img[:, :, 480:544, 480:544],
         "image_crop_corner": lambda: img[:, :, 0:64, 960:1024],
     }
-    mean, std = golden2[prefix + "image_mean_std"]
+    mean, std = (float(v) for v in golden2[prefix + "image_mean_std"])
     diffs = {name: _max_abs(views[name](), golden2[prefix + name]) for name in crops}
     for name, d in diffs.items():
         assert d <= SYNTH_REL_TOL * std, f"{prefix}{name}: max abs diff {d:.3g}"
@@ -192,7 +192,7 @@ def test_per_block_checks(const_run: dict, golden2: dict) -> None:
     worst = 0.0
     for name, (x_slice, x_ms, x_absmax, img_ms) in blocks.items():
         g = f"layer/{name}/"
-        x_tol = SYNTH_REL_TOL * golden2[g + "x_mean_std"][1]  # the block's features' scale: their std
+        x_tol = SYNTH_REL_TOL * float(golden2[g + "x_mean_std"][1])  # the block's features' scale: their std
         worst = max(worst, _max_abs(x_slice, golden2[g + "x_slice"]))
         assert _max_abs(x_slice, golden2[g + "x_slice"]) <= x_tol, name
         assert x_absmax.item() == pytest.approx(golden2[g + "x_absmax"][0], abs=x_tol), name
