@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,30 @@ import torch
 
 from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1
 
-REL_TOL = 1e-5
+#: float32 machine epsilon, 2**-23 = 1.19e-7 (twice the unit roundoff u = 2**-24).
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def float32_rel_error(terms: int, depth: int = 1, evaluations: int = 2) -> float:
+    """Bound on the float32 rounding error of a network, relative to the scale of its output.
+
+    One layer sums ``terms`` float32 products (the fan-in: 9 * 512 for a 3x3 conv over 512
+    channels). Its rounding errors behave like a random walk, ~u * sqrt(terms) relative to the
+    result's scale (Higham and Mary's probabilistic bound; blocked or pairwise BLAS summation
+    only does better), whatever the CPU's order of summation. The networks here renormalise
+    each layer (pixel norm, instance norm, demodulation, equalised learning rate), so the
+    signal keeps its scale and the errors of ``depth`` layers add in quadrature:
+    sqrt(depth * terms) * u. We use EPS32 = 2u for a factor-2 margin on the random-walk
+    constant, and ``evaluations`` independent computations (ours here against a golden made on
+    another CPU: 2) add their errors. Wrong layers move outputs by 1e-3 relative or far more.
+    """
+    return evaluations * math.sqrt(depth * terms) * EPS32
+
+
+#: PULSE's StyleGAN1 mapping: 8 dense layers of 512 inputs -> 1.5e-5.
+SG1_MAPPING_REL = float32_rel_error(512, 8)
+#: PULSE's StyleGAN1 synthesis: 18 styled convolutions, at most 3x3 x 512 inputs each -> 6.9e-5.
+SG1_SYNTHESIS_REL = float32_rel_error(9 * 512, 18)
 
 
 def reference_dir() -> Path:
@@ -64,6 +88,25 @@ def weights_dir(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
+def weights_dir_32(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32x32 StyleGAN1 in PULSE's file format (``synthesis.pt`` + ``mapping.pt``, plain state
+    dicts, PULSE's key names), filled by the reference script's per-key rule: for plumbing tests
+    that need a PULSE weights folder but not the 1024 network's cost."""
+    spec = importlib.util.spec_from_file_location("deterministic_weights", reference / "deterministic_weights.py")
+    assert spec is not None and spec.loader is not None
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    out = tmp_path_factory.mktemp("stylegan1_32_weights")
+    g = StyleGAN1Generator(resolution=32)
+    for net, module in (("synthesis", g.synthesis_net), ("mapping", g.mapping_net)):
+        buffers = {n for n, _ in module.named_buffers()}
+        state = {k: rule.tensor_for(net, k, v.shape, "buffer" if k in buffers else "param")
+                 for k, v in module.state_dict().items()}
+        torch.save(state, out / f"{net}.pt")
+    return out
+
+
+@pytest.fixture(scope="session")
 def gen(weights_dir: Path) -> StyleGAN1Generator:
     return load_stylegan1(weights_dir)
 
@@ -80,7 +123,8 @@ def synth_out(gen: StyleGAN1Generator) -> tuple[torch.Tensor, torch.Tensor, floa
     return dl, out, time.perf_counter() - start
 
 
-def assert_close(actual: torch.Tensor, expected: np.ndarray, rel: float = REL_TOL) -> None:
+def assert_close(actual: torch.Tensor, expected: np.ndarray, rel: float) -> None:
+    """max |actual - expected| <= rel * max |expected| (``rel`` from :func:`float32_rel_error`)."""
     exp = torch.from_numpy(np.asarray(expected)).to(actual.dtype)
     assert actual.shape == exp.shape
     err = (actual - exp).abs().max().item() / max(exp.abs().max().item(), 1e-12)

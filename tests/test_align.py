@@ -139,6 +139,7 @@ def test_quad_from_points_by_hand() -> None:
     t = similarity(30.0, 2.5, (50, 60), (300, 200))
     pts = np.array([(40, 50), (60, 50), (42, 70), (58, 70)], float)
     qt = quad_from_points(*apply(t, pts))
+    # float64 geometry on coordinates of a few hundred px: rounding ~1e-13
     assert np.allclose(qt.corners(), apply(t, q.corners()), atol=1e-9)
     assert qt.angle == pytest.approx(30.0)
 
@@ -169,6 +170,10 @@ def test_warp_is_exact_on_a_linear_ramp() -> None:
         px = m[0, 0] * uu + m[0, 1] * vv + m[0, 2]
         py = m[1, 0] * uu + m[1, 1] * vv + m[1, 2]
         want = np.stack([px / w, py / h, (px + py) / (w + h)])
+        # exact in exact arithmetic; warp_face works in float32: sample positions of up to ~500 px
+        # carry 500 x 6e-8 = 3e-5 px of rounding, i.e. 3e-5 / 300 px of ramp value, and the
+        # interpolation weights and values (<= 1) a few ulps: ~1e-6 in all, so 1e-4 is loose;
+        # a half-pixel slip moves values by 0.5 / 400 = 1.25e-3
         assert np.abs(out - want).max() < 1e-4, (angle, scale)
 
 
@@ -193,6 +198,10 @@ def test_rotated_scaled_face_recovered(astro: np.ndarray, astro_face: align.Dete
     want = ffhq_quad(apply(t, astro_face.landmarks))
     ref = ffhq_quad(astro_face.landmarks)
     assert np.hypot(*(got.c - want.c)) < 0.04 * want.side
+    # landmark detection on a re-rendered (rotated, scaled, resampled) face, not float rounding:
+    # dlib's points move by a few px, hence 4% of the side for the centre, 6% in size and 3
+    # degrees. A wrong transform misses by far more (sign of the angle: 24 to 40 degrees; the
+    # scale inverted: 0.8 vs 1.25, 1.5 vs 0.67)
     assert got.side / want.side == pytest.approx(1.0, abs=0.06)
     assert got.angle == pytest.approx(ref.angle + angle, abs=3.0)
 

@@ -41,6 +41,9 @@ def test_truncated_synthesis_matches_full_network(tiny) -> None:
     b = ws.clone().requires_grad_(True)
     (tiny.synthesis_with_features(b, noise, 16)[1] * probe).sum().backward()
     assert a.grad is not None and b.grad is not None and a.grad.abs().max() > 0
+    # the same float32 ops on the same inputs up to the tap; only the summation order of the
+    # weight-gradient reductions may differ between the two graphs: a few ulps (rtol 1e-6 = 8 EPS32)
+    # of gradients of size ~1, atol 1e-7 for entries near 0. A wrong path differs by O(1).
     assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7)
     assert torch.equal(a.grad[:, 6:], torch.zeros_like(a.grad[:, 6:]))
     with pytest.raises(ValueError, match="no block of side 12"):
@@ -99,8 +102,12 @@ def test_fast_mode_planted_tiny(tiny, tiny_fit) -> None:
             true_hr = ((tiny.synthesis(res.ws, res.noise) + 1) / 2).clamp(0, 1)
         for k in range(res.n):
             # what is returned is the true network's output for the returned latents ...
+            # the same network, maybe at another batch size (other conv kernels): float32 rounding of
+            # the tiny net, conftest.float32_rel_error(9 * 32, 8) = 1.1e-5 of the image scale (~1),
+            # halved by (x + 1) / 2: 5.7e-6 <= 1e-5
             assert torch.allclose(res.hr[k], true_hr[k], atol=1e-5)
             # ... its LR is its own downscale, and the flag tells the truth about eps
+            # values in [0, 1], 16 x 16 taps summed in two passes of 16: sqrt(32) x EPS32 = 7e-7 <= 1e-6
             assert torch.allclose(res.lr[k], bicubic_downsample(res.hr[k:k + 1], 4)[0], atol=1e-6)
             l2 = float(l2_per_image(res.lr[k:k + 1], target[None]))
             assert bool(res.converged[k]) == (l2 <= res.eps)
@@ -176,6 +183,9 @@ def test_w_avg_start(small_sg2) -> None:
     res = pulse_search(G, target, n=2, seed=0, steps=1, gaussian_fit=fit, start="w_avg")
     # with one step no update happens: what synthesis received is w_avg on every layer
     expected = G.mapping_net.w_avg.expand(2, G.num_ws, -1)
+    # w_avg goes through the sphere parametrisation and back (normalise, multiply by the Gaussian
+    # fit's std, LeakyReLU and its inverse): a dozen float32 ops on a 32-vector, each within
+    # EPS32 of |w| ~ 1-3; 1e-4 is loose, and still 100x below the Gaussian start's distance (1e-2)
     assert torch.allclose(res.ws, expected, rtol=1e-4, atol=1e-4)
     gauss = pulse_search(G, target, n=2, seed=0, steps=1, gaussian_fit=fit)
     assert not torch.allclose(gauss.ws, expected, atol=1e-2)
@@ -233,6 +243,10 @@ def test_max_batch_gives_the_same_search(tiny, tiny_fit) -> None:
         parts = pulse_search(tiny, target, n=3, seed=4, steps=4, gaussian_fit=tiny_fit, run_all_steps=True,
                              max_batch=chunk)
         assert parts.settings.max_batch == chunk
+        # each step's gradients differ by float32 rounding of batch-size-dependent kernels (~1e-6
+        # relative, see below); Adam normalises steps, so 4 steps of lr 0.4 can move an L2 of
+        # ~1e-2 by about 4 x 1e-6 x (its sensitivity, ~10 per unit step) = 4e-5 relative: 2e-4
+        # has 5x margin and fails a chunking bug (another candidate's gradient: O(1) change)
         assert torch.allclose(parts.l2_history, whole.l2_history, rtol=2e-4, atol=1e-8)
     # the gradients handed to the optimiser, step 0, whole batch vs one candidate at a time
     captured = {chunk: _first_step_gradients(tiny, target, tiny_fit, n=3, seed=4, max_batch=chunk)
@@ -240,6 +254,8 @@ def test_max_batch_gives_the_same_search(tiny, tiny_fit) -> None:
     assert len(captured[0]) == len(captured[1]) == 6  # latent + 5 trainable noise maps
     scale = float(captured[0][0].abs().max())
     assert scale > 0  # (the tiny generator's noise strengths are 0, so its noise gradients are too)
+    # one backward through the tiny net at batch 3 vs 1: conftest.float32_rel_error(9 * 32, 8)
+    # = 1.1e-5 of the gradient's scale; rtol 1e-4 (and atol 1e-6 x scale for entries near 0)
     for a, b in zip(captured[0], captured[1]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
     with pytest.raises(ValueError, match="max_batch"):
@@ -287,6 +303,10 @@ def test_compiled_full_step_gives_the_eager_gradients(noisy_tiny) -> None:
     compiled = _first_step_gradients(noisy_tiny, target, fit, max_batch=1, compile="on")
     assert len(eager) == len(compiled) == 6
     assert all(float(g.abs().max()) > 0 for g in eager)  # latent and every trainable noise map
+    # inductor fuses and reorders float32 sums: a rounding-level change of 1e-5 relative or so
+    # per op (conftest.float32_rel_error(9 * 32, 8) = 1.1e-5) through forward and backward
+    # (~20 layers, growth ~sqrt(2) x): well below the 2e-3 relative and cos 1 - 1e-5 asked here;
+    # the channels-last bug this guards against gave a cosine of 0.25
     for a, b in zip(eager, compiled):
         cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
         relative = float((a - b).norm() / a.norm())
@@ -295,6 +315,7 @@ def test_compiled_full_step_gives_the_eager_gradients(noisy_tiny) -> None:
     runs = [pulse_search(noisy_tiny, target, n=2, seed=1, steps=5, gaussian_fit=fit, max_batch=1,
                          run_all_steps=True, compile=c) for c in ("off", "on")]
     assert runs[1].settings.compile == "on"
+    # 5 Adam steps amplify the ~1e-5 gradient differences (as in test_max_batch_gives_the_same_search)
     assert torch.allclose(runs[0].l2_history, runs[1].l2_history, rtol=1e-3)
 
 
@@ -343,6 +364,7 @@ def test_start_pool_picks_the_best_draw_and_keeps_pulse_draw_in_the_pool(dcgan) 
     assert bool((pooled_l2 <= plain_l2).all()) and bool((pooled_l2 < plain_l2).any())
     # the pool's winners are fresh draws on the sqrt(d) sphere, distinct per candidate
     norms = pooled.latent.detach().norm(dim=-1)
+    # a norm of 100 float32 squares and a rescale: sqrt(100) x EPS32 = 1.2e-6 relative <= 1e-5
     assert torch.allclose(norms, torch.full_like(norms, dcgan.w_dim ** 0.5), rtol=1e-5)
     assert len({tuple(v.flatten()[:4].tolist()) for v in pooled.latent.detach()}) == 3
     # pool 1 is PULSE's start; a pool is reproducible
@@ -376,6 +398,8 @@ def test_dcgan_fast_preset_planted(dcgan) -> None:
         for k in range(res.n):
             lr = bicubic_downsample(res.hr[k:k + 1], 4)
             l2 = float(l2_per_image(lr, target[None]))
+            # recomputed from hr: the same downscale and mean of ~768 squares of values <= 1, in float32:
+            # sqrt(768) x EPS32 x L2 (< 1e-2) << 1e-6
             assert abs(l2 - float(res.l2[k])) < 1e-6 and bool(res.converged[k]) == (l2 <= res.eps)
         hits += int(res.converged.any())
     assert hits >= 2, f"the dcgan fast preset matched only {hits}/3 planted problems within eps"
@@ -411,6 +435,8 @@ def test_cosine_restart_schedule_planted(tiny, tiny_fit) -> None:
         assert res.settings.schedule == "cosine_restart"
         for k in range(res.n):
             l2 = float(l2_per_image(bicubic_downsample(res.hr[k:k + 1], 4), target[None]))
+            # recomputed from hr: the same downscale and mean of ~768 squares of values <= 1, in float32:
+            # sqrt(768) x EPS32 x L2 (< 1e-2) << 1e-6
             assert abs(l2 - float(res.l2[k])) < 1e-6 and bool(res.converged[k]) == (l2 <= res.eps)
         hits += int(res.converged.any())
     assert hits >= 2, f"cosine_restart matched only {hits}/3 planted problems within eps"

@@ -39,6 +39,8 @@ def test_rgba_composited_on_white(tmp_path: Path) -> None:
     assert torch.allclose(t[:, 1, 1], torch.tensor([10, 20, 30]) / 255.0)
     alpha = 128 / 255
     expect = torch.tensor([200 / 255 * alpha + 1 - alpha, 1 - alpha, 1 - alpha])
+    # compositing in float32 on values <= 1: a few roundings of 6e-8; an 8-bit intermediate would
+    # be off by up to 2e-3
     assert torch.allclose(t[:, 2, 2], expect, atol=1e-5)
 
 
@@ -85,7 +87,9 @@ def test_16bit_grey_keeps_full_range(tmp_path: Path) -> None:
         assert im.mode in ("I;16", "I")
     t = load_image(tmp_path / "g16.png")
     assert t[0, 0, 0] == pytest.approx(1.0)
+    # 32768 / 65535 = 0.5000076; an 8-bit path would give 128 / 255 = 0.50196 (off by 2e-3 > 1e-3)
     assert t[0, 0, 1] == pytest.approx(0.5, abs=1e-3)
+    # float32 of 3.9e-3 is exact to 2e-10; an 8-bit path gives 0 or 1/255 = 3.9e-3 (also off by > 1e-6)
     assert t[0, 0, 2] == pytest.approx(255 / 65535, abs=1e-6)  # not clipped to 1
     assert float(t.max()) <= 1.0
 
@@ -128,6 +132,9 @@ def test_format_round_trip(tmp_path: Path, ext: str, kw: dict, tol: float) -> No
     t = load_image(tmp_path / f"x{ext}")
     ref = torch.from_numpy(a).permute(2, 0, 1).float() / 255
     assert t.shape == ref.shape
+    # lossless formats: the same k / 255 in float32 (1e-6 for rounding); JPEG at quality 100 still
+    # subsamples chroma and quantises: a codec bound of 15/255 mean error on 4x4 blocks, while a
+    # wrong channel order or orientation gives ~0.3
     assert float((t - ref).abs().mean()) <= tol
 
 

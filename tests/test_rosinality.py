@@ -204,6 +204,8 @@ def test_forward_matches_rosinality(tmp_path: Path, ros_state, legacy: bool) -> 
     w_ref = _ros_mapping(sd64, z.double(), N_MLP)
     w = gen64.mapping(z.double())
     assert w.abs().max() > 0.1
+    # float64 (eps 2.2e-16), 3 dense layers of 16 inputs: rounding ~1e-15; 1e-10 leaves room for
+    # the two codes' different operation order and fails any other formula
     torch.testing.assert_close(w, w_ref, rtol=1e-10, atol=1e-10)
 
     ws = torch.randn(3, gen.num_ws, STYLE_DIM, generator=g, dtype=torch.float64)  # a different w per layer
@@ -212,6 +214,8 @@ def test_forward_matches_rosinality(tmp_path: Path, ros_state, legacy: bool) -> 
     out = gen64.synthesis(ws, noise)
     assert out.shape == (3, 3, SIZE, SIZE) and ref.std() > 0.1
     # rosinality demodulates weight/sqrt(fan_in) and NVIDIA the raw weight: equal but for the 1e-8
+    # added under the square root, a relative change of ~1e-8 / (sum of squared weights, ~1):
+    # 1e-7 bounds it, while float64 rounding (~1e-14) is far below
     torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7 * ref.abs().max().item())
 
     # randomize_noise=False: rosinality uses its noises.noise_i buffers, pulse-sr its noise_const
@@ -226,6 +230,9 @@ def test_forward_float32(tmp_path: Path, ros_state) -> None:
     ws = torch.randn(2, gen.num_ws, STYLE_DIM, generator=g)
     noise = [torch.randn(2, *shape, generator=g) for shape in gen.noise_shapes]
     ref = _ros_forward(ros_state, ws, noise)
+    # two float32 evaluations of a 32 px net (7 modulated 3x3 convs over <= 16 channels, torgbs):
+    # conftest.float32_rel_error(9 * 16, 8) = 2.9e-6 of its scale; 1e-4 of max |ref| adds margin
+    # for the 1e-8 demodulation difference above, and a wrong layer moves outputs by O(1)
     torch.testing.assert_close(gen.synthesis(ws, noise), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
@@ -354,6 +361,7 @@ def test_round_trip_is_strict_and_exact(tmp_path: Path, nvidia_gen: StyleGAN2Gen
     assert torch.equal(gen.synthesis(ws, noise), nvidia_gen.synthesis(ws, noise))
     # and both agree with the independent rosinality forward on the converted dict
     ref = _ros_forward(ros, ws, noise)
+    # float32, as in test_forward_float32
     torch.testing.assert_close(gen.synthesis(ws, noise), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 

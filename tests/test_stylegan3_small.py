@@ -56,6 +56,7 @@ def test_filtered_lrelu_matches_definition(up: int, down: int, pad: tuple, radia
             ref = ref.clamp(-clamp, clamp)
         ref = _upfirdn_naive(ref, fd if fd is not None else one, 1, down, (0, 0, 0, 0), 1.0)
         assert y.shape == ref.shape, (y.shape, ref.shape)
+        # float64 (eps 2.2e-16): sums of a few hundred filter taps of O(1-10) values, ~1e-14
         assert torch.allclose(y, ref, atol=1e-12, rtol=1e-12), (gain, slope, clamp)
 
 
@@ -75,6 +76,8 @@ def test_modulated_conv_matches_per_sample_kernels(one_thread) -> None:
             if demod:
                 k = k * (k.square().sum([1, 2, 3], keepdim=True) + 1e-8).rsqrt()
             ref = F.conv2d(x[n:n + 1], k * gain, padding=2)
+            # float64, 6 x 3 x 3 = 54 terms of O(1): rounding ~1e-14; the two forms differ by the
+            # 1e-8 under the demodulation's square root, ~1e-8 / (sum of squares, >= ~50) < 1e-10
             assert torch.allclose(y[n:n + 1], ref, atol=1e-10), (demod, n)
 
 
@@ -123,7 +126,9 @@ def test_tiny_forward_interface_and_determinism(one_thread) -> None:
         assert img.shape == (3, 3, 32, 32) and torch.isfinite(img).all() and img.abs().max() < 1.5
         assert torch.equal(img, g.synthesis(ws, None)) and torch.equal(img, g.synthesis(ws, []))
         assert torch.equal(img, tiny_gen().synthesis(ws))  # rebuilt from the same weights: same output
-        assert torch.allclose(img[1:2], g.synthesis(ws[1:2]), atol=1e-6)  # samples are independent
+        # samples are independent: batch 3 vs 1 only changes kernel rounding, float32_rel_error(
+        # 9 * 8, 8) = 1.9e-6 of values |img| < 1.5, while a batch-wide op would change O(0.1)
+        assert torch.allclose(img[1:2], g.synthesis(ws[1:2]), atol=1e-6)
         assert torch.equal(g(z), g.synthesis(g.mapping(z)[:, None].expand(-1, 8, -1)))
         assert torch.allclose(g.mapping(z, truncation_psi=0.0), g.w_avg.expand(3, -1))
     with pytest.raises(ValueError, match="expected 0 noise tensors"):
@@ -174,6 +179,9 @@ def test_translation_equivariance_of_t(one_thread) -> None:
             s = 2 * k  # b[y, x] == a[y - s, x + s]
             diff = (b[:, :, s:, :32 - s] - a[:, :, :32 - s, s:]).abs()
             interior = diff[:, :, 8:-8, 8:-8].max().item()
+            # float32: a whole-pixel shift of the Fourier input is the same arithmetic on shifted
+            # phases (sin/cos of float32 arguments: ~1e-7 relative), through the tiny net:
+            # float32_rel_error(9 * 8, 8) = 1.9e-6 of the scale; 1e-6 of max |a| (~3x the std)
             assert interior <= 1e-6 * a.abs().max().item(), (k, interior)
             assert diff.max().item() > 100 * interior  # the edges do differ: the test sees the shift
             # and a shift by a non-integer number of pixels is not a plain pixel shift
@@ -194,13 +202,14 @@ def test_transform_and_magnitude_ema_act(one_thread) -> None:
         b = g.synthesis(ws)
         layer.magnitude_ema.fill_(1.0)
         bias = layer.bias.reshape(1, -1, 1, 1) * g.synthesis.output_scale
+        # float64 and a gain of exactly 1/2: a few roundings of O(1) values, ~1e-16
         assert torch.allclose(b - bias, (a - bias) / 2, atol=1e-12)
         angle = math.radians(30)
         g.synthesis.input.transform[:2, :2] = torch.tensor([[math.cos(angle), -math.sin(angle)],
                                                             [math.sin(angle), math.cos(angle)]])
         c = g.synthesis(ws)
         g.synthesis.input.transform.copy_(torch.eye(3))
-        assert (c - a).abs().max() > 1e-2
+        assert (c - a).abs().max() > 1e-2  # a rotation changes the image by O(0.1), not rounding
 
 
 def test_gradcheck_synthesis_and_mapping(one_thread) -> None:
@@ -247,7 +256,7 @@ def test_planted_solution_search(one_thread) -> None:
     assert result.converged.any(), result.l2.tolist()
     best = int(result.l2.argmin())
     lr = bicubic_downsample(result.hr[best:best + 1], 4)[0]
-    assert F.mse_loss(lr, target).item() <= 2e-3
+    assert F.mse_loss(lr, target).item() <= 2e-3  # PULSE's eps, not a rounding tolerance
     first = min(c.l2_history[0] for c in result.candidates())
     assert first > 10 * result.l2.min().item()
 

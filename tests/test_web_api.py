@@ -190,6 +190,8 @@ def test_planted_face_live_events_results_and_zip(client: httpx.Client) -> None:
     res = s["result"]
     eps = s["params"]["eps"]
     target = read_png(client.get(f"/api/jobs/{job}/files/input.png").content)
+    # the 8-bit input.png against the float target: <= 0.5/255 rounding, + allclose's rtol 1e-5,
+    # 1/255 + 1e-6 allows the rounding of the planted downscale to 8 bits in the upload as well
     assert torch.allclose(target, lr, atol=1 / 255 + 1e-6)
     hrs = []
     for c in res["candidates"]:
@@ -198,13 +200,19 @@ def test_planted_face_live_events_results_and_zip(client: httpx.Client) -> None:
         hrs.append(hr)
         assert hr.shape == (3, 32, 32) and own.shape == (3, 8, 8)
         # the proof: lr is the downscale of hr, its L2 against the input is what the page shows
+        # hr and lr as 8-bit PNGs: 0.5/255 x sum |w| (1.15) + 0.5/255 = 1.08/255; 3/255 with margin
         assert torch.allclose(bicubic_downsample(hr[None], 4)[0].clamp(0, 1), own, atol=3 / 255)
         l2 = float(((own - target) ** 2).mean())
+        # as in test_cli: 8-bit lr moves L2 by <= 2 sqrt(L2) 2e-3 + 4e-6 in the worst case, and by
+        # ~2 sqrt(L2) 1.1e-3 / sqrt(192) when the rounding errors are independent of d (2e-5 at
+        # L2 = 1e-3): rel 0.05 / abs 2e-5 covers that
         assert l2 == pytest.approx(c["final_l2"], rel=0.05, abs=2e-5)
         assert c["converged"] == (c["final_l2"] <= eps)
     assert any(c["converged"] for c in res["candidates"]), "planted face not found within eps"
     # spread map: per-pixel std across the candidates, averaged over RGB
     std = torch.stack(hrs).std(dim=0, unbiased=False).mean(dim=0)
+    # from float images in the app, from 8-bit PNGs here: a std moves by <= the 0.5/255 = 2e-3
+    # rounding; 0.01 with margin, while the spread itself is O(0.1)
     assert res["spread_max"] == pytest.approx(float(std.max()), abs=0.01)
     heat = read_png(client.get(f"/api/jobs/{job}/files/spread.png").content)
     brightness = heat.sum(dim=0)

@@ -1,6 +1,7 @@
 """The web page in Debian's Chromium driven by Playwright: upload, watch, results, zip.
 
-Uses /usr/bin/chromium (CI installs it with apt); Playwright never downloads a browser.
+Uses /usr/bin/chromium (``scripts/setup --test`` installs it with apt); Playwright never
+downloads a browser. Without it the test fails with the install line: it never skips.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ NOTES_COPY = Path("/work/notes/web_results.png")
 def test_upload_watch_results_and_zip(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).is_file(), "Debian chromium is missing (apt-get install chromium)"
+    assert Path(CHROMIUM).is_file(), (f"Debian chromium is missing ({CHROMIUM}): run scripts/setup --test, "
+                                      "or: sudo apt-get install -y chromium")
     example = STATIC_DIR / "example_face16.png"
     errors: list[str] = []
     with live_server(WebSettings(preview_every=1)) as (url, _app), sync_playwright() as p:

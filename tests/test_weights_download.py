@@ -495,9 +495,10 @@ def test_unknown_name(tmp_path: Path) -> None:
 
 # -- what the registry will load -------------------------------------------------------------
 def test_zoo_name_loads_through_load_generator(server: tuple[ServerState, str], tmp_path: Path,
-                                              weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                              weights_dir_32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A zoo name is a generator name: refused without consent, downloaded with it, then loaded
-    from the cache (PULSE-format stand-in weights served as the zoo's StyleGAN1 pair)."""
+    from the cache (32-px PULSE-format stand-in weights served as the zoo's StyleGAN1 pair: the
+    loader takes the resolution from the keys, and the download path is the same at any size)."""
     import torch
 
     from pulse_sr.errors import WeightsError
@@ -505,7 +506,7 @@ def test_zoo_name_loads_through_load_generator(server: tuple[ServerState, str], 
 
     state, base = server
     for name in ("synthesis.pt", "mapping.pt"):
-        state.files[name] = (weights_dir / name).read_bytes()
+        state.files[name] = (weights_dir_32 / name).read_bytes()
     monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path))
     monkeypatch.setenv("PULSE_SR_ZOO_BASE_URL", base)
     monkeypatch.delenv("PULSE_SR_ALLOW_DOWNLOAD", raising=False)
@@ -513,7 +514,7 @@ def test_zoo_name_loads_through_load_generator(server: tuple[ServerState, str], 
         load_generator("pulse-stylegan1-ffhq-1024")
     assert not (tmp_path / "pulse-stylegan1-ffhq-1024" / "synthesis.pt").exists()
     gen = load_generator("pulse-stylegan1-ffhq-1024", allow_download=True, progress=False)
-    ref = load_generator("stylegan1", weights=weights_dir)
+    ref = load_generator("stylegan1", weights=weights_dir_32)
     assert gen.name == "pulse-stylegan1-ffhq-1024" and gen.backend == "stylegan1"
     assert gen.weights_source.startswith("zoo:pulse-stylegan1-ffhq-1024")
     assert gen.weights_hash == ref.weights_hash
