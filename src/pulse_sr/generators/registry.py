@@ -141,7 +141,8 @@ def load_nvidia_generator(path: Path, device: str | torch.device = "cpu") -> Fac
     data = load_nvidia_pickle(path)
     record = data.get("G_ema")
     if record is None:
-        raise WeightsError(f"{path}: no G_ema network in this pickle (keys: {', '.join(map(str, data))})")
+        keys = ", ".join(repr(k)[:40] for k in list(data)[:8]) + (", ..." if len(data) > 8 else "")
+        raise WeightsError(f"{path}: no G_ema network in this pickle (keys: {keys})")  # file's text quoted
     try:
         state, kwargs = network_state_dict(record), network_kwargs(record)
     except WeightsError as exc:
