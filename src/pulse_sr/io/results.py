@@ -43,13 +43,16 @@ def path_text(path: str | os.PathLike[str]) -> str:
 
 def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any,
                        settings: dict[str, Any], input_info: dict[str, Any], started: float,
-                       frames_dirs: Sequence[Path] = ()) -> dict[str, Any]:
+                       frames_dirs: Sequence[Path] = (), matched: Any = None) -> dict[str, Any]:
     """Write one input's results into ``folder`` (normally a staged, not yet renamed, folder).
 
     Files: ``input.png`` (the ``[1, 3, h, w]`` or ``[3, h, w]`` target in [0, 1]), per candidate
     ``hr_KK.png`` and ``lr_KK.png`` (its own downscale: the proof), ``search_KK.gif`` when
     ``frames_dirs`` (one folder of ``step_*.png`` per candidate) are given, and ``report.json``
-    last. ``started``: a ``time.perf_counter()`` value. Returns the report dict (JSON-safe).
+    last. ``started``: a ``time.perf_counter()`` value. ``matched``: the ``[C, s, s]`` observation
+    the candidates were matched against when it is not ``target`` itself (the luma of a grey input,
+    the block grid of a mosaic), written as ``target.png``: each ``lr_KK.png`` compares with it.
+    Returns the report dict (JSON-safe).
     """
     import torch
 
@@ -59,6 +62,10 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     candidates = result.candidates()
     cw = max(2, len(str(len(candidates) - 1)))
     save_png(target, folder / "input.png")
+    files_matched = "input.png"
+    if matched is not None:
+        save_png(matched, folder / "target.png")
+        files_matched = "target.png"
     entries = []
     for c in candidates:
         files = {"hr": f"hr_{c.index:0{cw}d}.png", "lr": f"lr_{c.index:0{cw}d}.png"}
@@ -76,6 +83,8 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
         "input": input_info,
         "generator": generator.describe(),
         "settings": settings,
+        "threshold": float(result.eps),
+        "lr_compares_with": files_matched,
         "candidates": entries,
         "any_converged": any(c.converged for c in candidates),
         "best_index": best,
