@@ -76,6 +76,12 @@ class InputPlan:
             "analysis": None if self.analysis is None else self.analysis.to_dict(),
         }
 
+    def matched(self) -> "Tensor | None":
+        """The target when it is not the input image itself (grey luma, a mosaic's block grid): what
+        ``lr_KK.png`` compares with, written as ``target.png``; else None."""
+        same = self.target.shape == self.image.shape and bool((self.target == self.image).all())
+        return None if same else self.target
+
     def summary(self) -> str:
         """One short clause for the CLI line: what was decided."""
         parts = [f"{self.kind}, {self.degradation} ({self.degradation_source})"]

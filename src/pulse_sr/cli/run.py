@@ -90,7 +90,7 @@ def _search_and_write(job: Job, final: Path, opts: RunOptions, generator: Any, s
             input_info={"path": path_text(path), "original_size": [int(img.shape[2]), int(img.shape[1])],
                         "used_size": [int(plan.image.shape[2]), int(plan.image.shape[1])], "notes": plan.notes,
                         **plan.describe()},
-            started=started, frames_dirs=frames, matched=plan.target,
+            started=started, frames_dirs=frames, matched=plan.matched(),
         )
     n_conv = sum(1 for c in report["candidates"] if c["converged"])
     best = report["candidates"][report["best_index"]]
