@@ -93,14 +93,17 @@ class JobManager:
         gname = self._generator_name(req.generator)
         settings = self._search_settings(req)
         target, notes, face = self._target(rec, req, gname)
+        plan = self._plan(target, gname, settings.eps)
+        target = plan.image
         job = JobRecord(
             id=secrets.token_hex(16), dir=Path(), input_id=rec.id,
             params={"generator": gname, "n": req.n, "steps": settings.steps, "eps": settings.eps,
                     "seed": req.seed, "resize": req.resize, "center_crop": req.center_crop,
                     "face": req.face},
-            target=target, notes=notes, face=face, settings=settings,
+            target=target, notes=notes, face=face, settings=settings, plan=plan,
             input_info={"path": f"upload: {rec.name}", "original_size": [rec.width, rec.height],
-                        "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes},
+                        "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes,
+                        **plan.describe()},
         )
         if face is not None:
             job.input_info["face"] = face.record()
@@ -147,9 +150,9 @@ class JobManager:
             raise WebError(503, f"cannot load generator {gname}: {e.strerror or e}") from None
 
     def _target(self, rec: InputRecord, req: JobRequest, gname: str) -> tuple[Any, list[str], Any]:
-        """``(target [3, h, w] in [0, 1], notes, aligned face or None)`` for the request."""
+        """``(target, notes, aligned face or None)`` for the request: an upload gives its
+        :class:`~pulse_sr.input_plan.InputPlan` as the target, a photo's face ``[3, h, w]`` in [0, 1]."""
         from pulse_sr.errors import PulseError
-        from pulse_sr.io.images import fit_to_generator, load_image
         from pulse_sr.web.messages import web_error
 
         res = self._resolution(gname)
@@ -157,12 +160,24 @@ class JobManager:
         try:
             if req.face is not None:
                 return self._face_target(rec, req, gname, res)
-            img = load_image(path, max_pixels=self.settings.max_pixels)
-            target, notes = fit_to_generator(img, res, resize=req.resize, center_crop=req.center_crop,
-                                             name="input")
-            return target, notes, None
+            from pulse_sr.input_plan import plan_input
+            from pulse_sr.io.images import load_input
+
+            img, known, mode = load_input(path, max_pixels=self.settings.max_pixels)
+            plan = plan_input(img, res, eps=self._search_settings(req).eps, name="input", mode=mode, known=known,
+                              resize=req.resize, center_crop=req.center_crop)
+            return plan, plan.notes, None
         except PulseError as e:
             raise web_error(e, upload=path, generator=gname) from None
+
+    def _plan(self, target: Any, gname: str, eps: float) -> Any:
+        """The input plan (issue 13: what the input is, operator, noise threshold, mask) of a target
+        ``[3, h, w]`` (an aligned face), or the plan ``_target`` already made for an upload."""
+        from pulse_sr.input_plan import InputPlan, plan_input
+
+        if isinstance(target, InputPlan):
+            return target
+        return plan_input(target, self._resolution(gname), eps=eps, name="face")
 
     def _face_target(self, rec: InputRecord, req: JobRequest, gname: str, res: int) -> tuple[Any, list[str], Any]:
         """The chosen face of a photo, FFHQ-aligned and downscaled to the requested size."""
@@ -297,9 +312,11 @@ class JobManager:
 
         if job.cancel.is_set():
             raise JobCancelled()
-        result = pulse_search(gen, job.target, n=n, seed=p["seed"], settings=settings,
+        plan = job.plan
+        result = pulse_search(gen, plan.target, n=n, seed=p["seed"], settings=settings,
                               device=s.device, gaussian_fit=fit, callback=callback,
-                              callback_images=True)
+                              callback_images=True, operator=plan.operator, mask=plan.mask,
+                              threshold=plan.threshold)
         if job.cancel.is_set():
             raise JobCancelled()
         self._write(job, gen, result, settings, started)
@@ -322,12 +339,13 @@ class JobManager:
                 tmp, target=job.target, result=result, generator=gen,
                 settings={**result.settings.to_dict(), "n": p["n"], "seed": p["seed"],
                           "device": self.settings.device},
-                input_info=job.input_info, started=started,
+                input_info=job.input_info, started=started, matched=job.plan.matched(),
             )
             sp = spread(result.hr)
             vmax = float(sp.max())
             heat_image(sp, vmax).save(tmp / "spread.png")
-            files = {"input.png", "report.json", "spread.png"}
+            files = {"input.png", "report.json", "spread.png"} | (
+                {"target.png"} if (tmp / "target.png").exists() else set())
             restored: dict[int, str] = {}
             rec = self.inputs.get(job.input_id)
             if job.face is not None and rec is not None:
@@ -351,6 +369,8 @@ class JobManager:
             job.files = files
             job.result = {
                 "input": "input.png", "candidates": cands, "spread": "spread.png",
+                "detected": job.plan.summary(), "threshold": job.plan.threshold,
+                "target": "target.png" if "target.png" in files else "input.png",
                 "spread_max": round(vmax, 5), "spread_mean": round(float(sp.mean()), 5),
                 "photo": "photo.png" if restored else None, "face_box": self._face_box(job),
                 "best_index": report["best_index"],
