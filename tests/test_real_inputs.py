@@ -148,10 +148,14 @@ def test_transparent_pixels_are_unknown(dcgan, tmp_path: Path) -> None:
 def test_faithful_pins_bicubic_rgb_no_noise_latent_range(dcgan, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     y = luma(bicubic_downsample(face(dcgan, 5), 4))[0]
-    noisy = np.clip(y[0].numpy() + rng.normal(0, 16 / 255, (16, 16)), 0, 1)
+    noisy = np.clip(y[0].numpy()[:, :, None] + rng.normal(0, 16 / 255, (16, 16, 3)), 0, 1)  # a colour sensor's
     path = saved(tmp_path / "old.png", (noisy * 255).round().astype(np.uint8))
     auto = plan_of(path, dcgan)
     assert auto.grey and auto.threshold > 2e-3
+    # regression: a noisy grey-mode file read as three equal channels gave a noise estimate of 0
+    grey_file = saved(tmp_path / "old_l.png", (np.clip(y[0].numpy() + rng.normal(0, 16 / 255, (16, 16)), 0, 1)
+                                                * 255).round().astype(np.uint8))
+    assert plan_of(grey_file, dcgan).noise_sigma > 0.9 * 16 / 255
     plan = plan_of(path, dcgan, faithful=True)
     assert plan.operator.describe()["name"] == "bicubic" and not plan.grey and plan.target.shape[0] == 3
     assert plan.threshold == 2e-3 and plan.noise_sigma == 0.0
@@ -186,7 +190,8 @@ def test_run_writes_the_plan_into_report_and_target_png(tmp_path: Path, capsys: 
     path = saved(tmp_path / "bw.png", to8(y))
     code = main(["run", str(path), "-o", str(tmp_path / "out"), "--generator", "tiny", "--steps", "3", "--n", "1",
                  "--quiet", "--range", "latent"])
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out + cap.err
     assert code in (0, 3) and "grey input matched on luma, faces in colour" in out
     rep = json.loads((tmp_path / "out" / "bw" / "report.json").read_text())
     assert rep["input"]["grey"] and rep["input"]["operator"]["name"] == "grey"
