@@ -51,7 +51,7 @@ def make_figure(faces: int, radius: float, steps: int, lr: float, scale: int, la
     greys = bench.lfw_faces(faces)
     op = bench.Luma(gen.resolution // greys.shape[-1])
     side, label_h = gen.resolution * scale, 14
-    rows = ["input 16x16", "latent only", "extended"]
+    rows = ["input 16x16", "latent-only", "extended"]
     left = 84
     canvas = Image.new("RGB", (left + faces * (side + 4) + 4, len(rows) * (side + label_h + 4) + 4), "white")
     draw = ImageDraw.Draw(canvas)
