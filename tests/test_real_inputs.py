@@ -153,9 +153,11 @@ def test_faithful_pins_bicubic_rgb_no_noise_latent_range(dcgan, tmp_path: Path) 
     auto = plan_of(path, dcgan)
     assert auto.grey and auto.threshold > 2e-3
     # regression: a noisy grey-mode file read as three equal channels gave a noise estimate of 0
-    grey_file = saved(tmp_path / "old_l.png", (np.clip(y[0].numpy() + rng.normal(0, 16 / 255, (16, 16)), 0, 1)
+    # (32 px: one-channel estimates are used from 32 px on, input_plan.MIN_NOISE_SIDE)
+    y32 = luma(bicubic_downsample(face(dcgan, 5), 2))[0, 0].numpy()
+    grey_file = saved(tmp_path / "old_l.png", (np.clip(y32 + rng.normal(0, 16 / 255, (32, 32)), 0, 1)
                                                 * 255).round().astype(np.uint8))
-    assert plan_of(grey_file, dcgan).noise_sigma > 0.9 * 16 / 255
+    assert plan_of(grey_file, dcgan).noise_sigma >= 0.9 * 16 / 255
     plan = plan_of(path, dcgan, faithful=True)
     assert plan.operator.describe()["name"] == "bicubic" and not plan.grey and plan.target.shape[0] == 3
     assert plan.threshold == 2e-3 and plan.noise_sigma == 0.0

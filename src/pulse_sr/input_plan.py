@@ -34,11 +34,13 @@ PHOTO_SIDE = 64
 #: reported but not used (the threshold stays eps; ``--noise-sigma S`` still sets one), and
 #: the channels' agreement "up to noise" does not make such an input grey.
 NOISE_CAP = 40 / 255
-#: the noise estimate is used for targets of at least this side; on smaller ones (an 8x8 target
-#: leaves 16 coefficients per Haar band) a face's own edges dominate the high-pass residual:
-#: clean planted 8x8 generator faces read 4 to 10/255 (tiny) and up to 4.4/255 (dcgan), which
-#: would raise a clean input's threshold. There the threshold stays eps unless --noise-sigma S.
-MIN_NOISE_SIDE = 16
+#: the noise estimate is used for targets of at least this side (by the channels it was made
+#: on); on smaller ones a face's own edges dominate the high-pass residual and read as noise,
+#: which would raise a clean input's threshold. Measured: clean planted 8x8 RGB generator faces
+#: read 4 to 10/255 (tiny) and up to 4.4/255 (dcgan); one-channel (grey) 16x16 faces 5.9/255 (a
+#: clean dcgan face) and 9.5/255 (lfw_subset), while 16x16 RGB faces stay under 4/255 (three
+#: channels give three times the coefficients). Below, the threshold stays eps unless --noise-sigma S.
+MIN_NOISE_SIDE = {3: 16, 1: 32}
 
 
 @dataclass
@@ -154,10 +156,12 @@ def plan_input(image: "Tensor", resolution: int, *, eps: float, name: str = "inp
     from pulse_sr.search.observations import match_threshold
 
     operator = make_operator(spec, factor=resolution // side, grey=analysis.grey)
-    if sigma_given is None and side < MIN_NOISE_SIDE and analysis.noise_sigma > 0:
-        analysis.reasons.append(f"the noise estimate is not used on a {side}x{side} target (from "
-                                f"{MIN_NOISE_SIDE}x{MIN_NOISE_SIDE} on): threshold eps")
-        sigma, noise_source = 0.0, f"estimate not used below {MIN_NOISE_SIDE} px"
+    min_side = MIN_NOISE_SIDE[3 if analysis.noise.bands >= 12 else 1]
+    if sigma_given is None and side < min_side and analysis.noise_sigma > 0:
+        analysis.reasons.append(f"the noise estimate is not used on a {side}x{side} target read from "
+                                f"{'three channels' if min_side == 16 else 'one channel'} (from "
+                                f"{min_side}x{min_side} on): threshold eps")
+        sigma, noise_source = 0.0, f"estimate not used below {min_side} px"
     elif sigma_given is None:
         sigma, noise_source = analysis.noise_sigma, "estimated"
     else:
