@@ -211,3 +211,14 @@ def test_run_writes_the_plan_into_report_and_target_png(tmp_path: Path, capsys: 
         h = np.asarray(im.convert("RGB")).astype(int)
     assert (h[..., 0] == h[..., 1]).all()
     assert json.loads((tmp_path / "out2" / "bw" / "report.json").read_text())["input"]["faces"] == "grey"
+
+
+def test_bad_degradation_or_noise_sigma_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pulse_sr.cli import main
+
+    path = saved(tmp_path / "a.png", np.zeros((16, 16, 3), np.uint8))
+    for flag, value in (("--degradation", "foo"), ("--noise-sigma", "loud"), ("--noise-sigma", "300")):
+        code = main(["run", str(path), "-o", str(tmp_path / "out"), "--generator", "tiny", flag, value])
+        err = capsys.readouterr().err
+        assert code == 2 and flag in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "a").exists()

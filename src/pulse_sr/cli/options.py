@@ -211,6 +211,19 @@ class RunOptions:
                        "save_intermediate", "quiet", "degradation", "noise_sigma", "mask", "grey_output",
                        "faithful")})
 
+    def check_input_choices(self) -> None:
+        """``--degradation`` and ``--noise-sigma`` checked up front: a bad value is a UsageError."""
+        from pulse_sr.degradations.registry import parse_spec
+        from pulse_sr.errors import SettingsError
+        from pulse_sr.input_plan import parse_noise_sigma
+
+        try:
+            if self.degradation != "auto":
+                parse_spec(self.degradation)
+            parse_noise_sigma(self.noise_sigma)
+        except SettingsError as e:
+            raise UsageError(f"--{e.data.get('field', 'degradation').replace('_', '-')}: {e}") from None
+
     def input_choices(self) -> dict[str, Any]:
         """The keyword arguments of :func:`pulse_sr.input_plan.plan_input` these options give."""
         return {"degradation": self.degradation, "noise_sigma": self.noise_sigma, "grey_output": self.grey_output,

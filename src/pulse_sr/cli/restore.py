@@ -73,6 +73,7 @@ def restore_main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     paste = PasteOptions.from_args(args, opts.n)
+    opts.check_input_choices()
     if opts.mask is not None:
         raise UsageError("--mask: a mask is for one input of pulse-sr run, not for the faces of a photo")
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))

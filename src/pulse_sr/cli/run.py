@@ -23,8 +23,10 @@ def add_parser(sub: Any) -> None:
         "run",
         help="search faces for one or more low-resolution inputs",
         description="For each INPUT (an image file, or a folder of .png/.jpg/.jpeg/.webp/.bmp/"
-        ".tif/.tiff files), search N faces whose bicubic downscale matches it within EPS and "
-        "write them to OUTDIR/<stem>/ with their downscales (lr_XX.png) and report.json.",
+        ".tif/.tiff files), search N faces whose degraded version matches it within EPS (bicubic "
+        "downscale for a face of a valid size, block means for a detected mosaic, luma for a black-and-"
+        "white input; --degradation, --noise-sigma) and write them to OUTDIR/<stem>/ with their "
+        "downscales (lr_XX.png) and report.json.",
     )
     add_run_options(p)
     p.add_argument("--align", action="store_true",
@@ -42,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return restore_main(args)
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
+    opts.check_input_choices()
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
     generator = generator_from_args(args, opts.device)
     check_start(settings, generator)
