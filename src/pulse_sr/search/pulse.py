@@ -36,7 +36,7 @@ from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.coarse import coarse_applies, run_coarse_phase, supports_coarse
 from pulse_sr.search.losses import parse_loss
 from pulse_sr.search.observations import make_observation, match_threshold, prepare_target
-from pulse_sr.search.ranged import extend_result, is_grey
+from pulse_sr.search.ranged import extend_result
 from pulse_sr.search.schedules import lr_multiplier
 from pulse_sr.search.settings import (
     COMPILE,
@@ -205,8 +205,6 @@ def pulse_search(
             break
         full_step(state, step)
     result = state.result()
-    if settings.range == "latent" and not is_grey(state.observations[0]):
-        return result
     return extend_result(state.G, result, state.observations[0], settings=settings, seed=seed, device=state.dev)
 
 
