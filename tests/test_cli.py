@@ -114,12 +114,14 @@ def test_skip_and_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     img, out = tmp_path / "face.png", tmp_path / "out"
     write_rgb(img)
     args = ["run", img, "-o", out, *FAST, "--eps", "1"]
-    code, stdout, _ = run(args, capsys)
-    assert code == 0 and "2/2 candidates within eps" in stdout
+    # issue 15: every input's line goes to stderr whatever its outcome (it was stdout when
+    # converged, stderr otherwise); the summary stays on stdout
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0 and "2/2 candidates within eps" in stderr
     (out / "face" / "marker").write_text("old run")
 
-    code, stdout, _ = run(args, capsys)
-    assert code == 0 and "face.png: skipped (exists; use --overwrite)" in stdout
+    code, stdout, stderr = run(args, capsys)
+    assert code == 0 and "face.png: skipped (exists; use --overwrite)" in stderr
     assert "0 done, 1 skipped, 0 failed" in stdout
     assert (out / "face" / "marker").exists()
 
@@ -283,11 +285,11 @@ def test_unexpected_error_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     write_rgb(tmp_path / "f.png")
     write_rgb(tmp_path / "g.png", seed=1)
     code, stdout, err = run(["run", tmp_path / "f.png", tmp_path / "g.png", "-o", tmp_path / "out", *FAST], capsys)
-    # one line per input where it happens, then the summary's list; no traceback; the next input still runs
+    # one line per input where it happens, printed once (issue 15: the summary no longer
+    # repeats it); no traceback; the next input still runs
     hint = "unexpected RuntimeError: kaboom (run with PULSE_SR_DEBUG=1 for a traceback)"
     assert code == 1 and "Traceback" not in err
-    assert err.splitlines() == [f"error: {tmp_path / 'f.png'}: {hint}", f"error: {tmp_path / 'g.png'}: {hint}",
-                                f"  failed: {tmp_path / 'f.png'}: {hint}", f"  failed: {tmp_path / 'g.png'}: {hint}"]
+    assert err.splitlines() == [f"error: {tmp_path / 'f.png'}: {hint}", f"error: {tmp_path / 'g.png'}: {hint}"]
     assert "summary: 0 done, 0 skipped, 2 failed" in stdout
     assert list((tmp_path / "out").iterdir()) == []
 

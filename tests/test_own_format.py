@@ -1,6 +1,7 @@
 """pulse-sr's own ``.safetensors`` weights format: round trips, no pickle, errors, Gaussian fit."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import pulse_sr
 from pulse_sr import cli
 from pulse_sr.errors import WeightsError
-from pulse_sr.formats.own import METADATA_KEY, load_own, read_metadata, save_generator
+from pulse_sr.formats.own import METADATA_KEY, generator_constructor, load_own, read_metadata, save_generator
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.generators.stylegan2 import StyleGAN2Generator
 from pulse_sr.search import gaussian_fit as gf
@@ -68,6 +69,9 @@ def test_round_trip(which: str, dcgan, tmp_path: Path) -> None:
     want, got = gen.describe(), loaded.describe()
     assert got.pop("weights_source") == str(path)
     want.pop("weights_source")
+    # issue 14: the hash is always the loaded file's own bytes; the original's is provenance
+    assert got.pop("weights_sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    want.pop("weights_sha256")
     assert got == want
     meta = read_metadata(path)
     assert meta["source"]["sha256"] == gen.weights_hash and "/" not in meta["source"]["path"]
@@ -189,8 +193,8 @@ def test_cli_convert_stylegan1_weights(weights_dir: Path, gen, tmp_path: Path,
     assert f"backend stylegan1, {len(gen.state_dict())} tensors" in out
     loaded = pulse_sr.load_generator(dst)
     assert_same_state(gen, loaded)
-    assert loaded.weights_hash == gen.weights_hash and loaded.name == "stylegan1"
-    assert read_metadata(dst)["source"]["path"] == weights_dir.name
+    assert loaded.weights_hash == hashlib.sha256(dst.read_bytes()).hexdigest() and loaded.name == "stylegan1"
+    assert read_metadata(dst)["source"] == {"path": weights_dir.name, "sha256": gen.weights_hash}
 
 
 def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -209,11 +213,13 @@ def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(gf, "fit_gaussian", no_fit)
     loaded = load_own(dst)
-    cache = gf.gaussian_fit_cache_path(tiny.weights_hash, gf.DEFAULT_SAMPLES, gf.DEFAULT_SEED)
+    own_hash = hashlib.sha256(dst.read_bytes()).hexdigest()  # the stored fit is cached under the file's hash
+    assert loaded.weights_hash == own_hash != tiny.weights_hash
+    cache = gf.gaussian_fit_cache_path(own_hash, gf.DEFAULT_SAMPLES, gf.DEFAULT_SEED)
     assert cache.parent.parent == fresh and cache.is_file()
     payload = torch.load(cache, weights_only=True)
     assert set(payload) == {"mean", "std", "samples", "seed", "weights_hash"}
-    assert payload["weights_hash"] == tiny.weights_hash and payload["samples"] == gf.DEFAULT_SAMPLES
+    assert payload["weights_hash"] == own_hash and payload["samples"] == gf.DEFAULT_SAMPLES
     mean, std = gf.cached_gaussian_fit(loaded)
     assert torch.equal(mean, want_mean) and torch.equal(std, want_std)
 
@@ -228,3 +234,63 @@ def test_gaussian_fit_carried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     code, out, err = run(["convert", "dcgan-digiface", "-o", dc, "--with-gaussian-fit"], capsys)
     assert code == 0 and "no Gaussian fit (dcgan has no mapping network)" in out, err
     assert read_metadata(dc)["gaussian_fit"] is None
+
+
+# -- constructor arguments recorded by the generators (issue 12) ------------------------------
+OLD_FILES = Path(__file__).parent / "data" / "own_v1"
+
+
+@pytest.mark.parametrize("name", ["stylegan1-8px", "stylegan2-8px"])
+def test_files_written_by_the_isinstance_ladder_still_load(name: str) -> None:
+    """Files written before generators recorded their constructor arguments (commit 0978df6)
+    load and compute the function they were written from."""
+    path = OLD_FILES / f"{name}.safetensors"
+    expected = torch.load(OLD_FILES / f"{name}.expected.pt", weights_only=True)
+    gen = load_own(path)
+    assert gen.weights_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    with torch.inference_mode():
+        ws = gen.mapping(expected["z"])[:, None].expand(-1, gen.num_ws, -1)
+        out = gen.synthesis(ws, expected["noise"] or None)
+    # Same code path and operation order as when the file was written; another CPU's kernels may
+    # round differently: a few hundred float32 operations per output value (8 mapping/synthesis
+    # layers, 3x3 convs over <= 8 channels), each within 2**-24 relative, conditioned near 1:
+    # 1e-5 of the output's scale bounds that sum with a wide margin.
+    scale = expected["out"].abs().max()
+    assert (out - expected["out"]).abs().max() <= 1e-5 * scale
+    # saving the loaded generator again writes the generator's own record of its arguments
+    again = generator_constructor(gen)[1]
+    assert type(gen)(**again).state_dict().keys() == gen.state_dict().keys()
+
+
+@pytest.mark.parametrize("which", ["dcgan", "tiny", "stylegan2"])
+def test_every_backend_records_json_safe_constructor_args(which: str, dcgan) -> None:
+    gen: FaceGenerator = {"dcgan": lambda: dcgan, "tiny": lambda: pulse_sr.load_generator("tiny"),
+                          "stylegan2": small_stylegan2}[which]()
+    args = gen.constructor_args()
+    assert json.loads(json.dumps(args)) == args
+    rebuilt = type(gen)(**args)
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == \
+           {k: tuple(v.shape) for k, v in gen.state_dict().items()}
+    args["z_dim"] = -1  # a copy: the generator's record is unchanged
+    assert gen.constructor_args()["z_dim"] == gen.z_dim
+
+
+def test_stylegan2_records_its_current_modconv_form() -> None:
+    gen = small_stylegan2()
+    gen.set_fused_modconv(False)
+    assert gen.constructor_args()["fused_modconv"] is False
+
+
+def test_framing_is_an_attribute_of_the_generator(dcgan) -> None:
+    from pulse_sr.io.align import DIGIFACE_FRAMING, FFHQ_FRAMING, framing_for
+
+    tiny = pulse_sr.load_generator("tiny")
+    assert dcgan.framing == DIGIFACE_FRAMING and DIGIFACE_FRAMING.side == 1.28
+    assert tiny.framing == FFHQ_FRAMING and small_stylegan2().framing == FFHQ_FRAMING
+    assert framing_for(dcgan) is dcgan.framing and framing_for(tiny) is FFHQ_FRAMING
+    # the deprecated lookup by name still answers as before for callers holding only a name
+    assert framing_for("dcgan-digiface") == DIGIFACE_FRAMING and framing_for("stylegan2") == FFHQ_FRAMING
+    # per backend, not per name: a DCGAN renamed (or loaded from the own format) keeps its framing
+    dcgan_like = type(dcgan)()
+    dcgan_like.name = "renamed"
+    assert framing_for(dcgan_like) == DIGIFACE_FRAMING

@@ -23,7 +23,9 @@ from pulse_sr.io.paste import edge_mask, output_scale, paste_faces
 sys.path.insert(0, str(Path(__file__).parent))
 from test_align import HEAD_CENTRE, background, place_heads, similarity
 
-FAST = ["--generator", "tiny", "--steps", "2", "--n", "2", "--quiet"]
+# --force: these photos' faces are larger than the tiny generator's 32 px, which restore
+# leaves untouched by default (issue 15); the tests here are about the paste-back itself.
+FAST = ["--generator", "tiny", "--steps", "2", "--n", "2", "--quiet", "--force"]
 
 
 @pytest.fixture(autouse=True)

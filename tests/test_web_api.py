@@ -50,9 +50,12 @@ def live_server(settings: WebSettings) -> Iterator[tuple[str, Any]]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    SERVED[base] = app
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+        yield base, app
     finally:
+        SERVED.pop(base, None)
         server.should_exit = True
         thread.join(30)
         assert not app.state.manager.root.exists(), "temporary folder left behind"
@@ -93,6 +96,14 @@ def rgb_png(w: int, h: int, fmt: str = "PNG", noise: bool = True) -> bytes:
 def read_png(data: bytes) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as im:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def client_app(c: httpx.Client) -> Any:
+    """The app served at ``c``'s base URL (the tests' servers run in this process)."""
+    return SERVED[str(c.base_url).rstrip("/")]
+
+
+SERVED: dict[str, Any] = {}
 
 
 def upload(c: httpx.Client, data: bytes, name: str = "face.png") -> httpx.Response:
@@ -145,7 +156,9 @@ def test_page_static_files_and_config(client: httpx.Client) -> None:
     cfg = client.get("/api/config").json()
     assert cfg["max_candidates"] == 3 and cfg["max_steps"] == 400 and cfg["max_upload_mb"] == 0.25
     gens = {g["name"]: g for g in client.get("/api/generators").json()}
-    assert gens["tiny"]["resolution"] == 32 and gens["tiny"]["input_sizes"] == [4, 8, 16]
+    assert "tiny" not in gens  # a test network, not a face model: not listed (requests may name it)
+    tiny = {e.name: e for e in client_app(client).state.manager.generators.entries.values()}["tiny"]
+    assert tiny.to_json()["resolution"] == 32 and tiny.to_json()["input_sizes"] == [4, 8, 16]
     assert gens["dcgan-digiface"]["default"] and gens["dcgan-digiface"]["model_card"].startswith("https://")
     assert "stylegan1" not in gens  # needs a user-supplied path
     names = [e["name"] for e in client.get("/api/examples").json()]
@@ -375,7 +388,14 @@ def test_photo_faces_aligned_and_pasted_back(client: httpx.Client) -> None:
     left, top, right, bottom = rec["faces"][0]["box"]
     assert 150 < (left + right) / 2 < 290 and 60 < (top + bottom) / 2 < 190  # her face
     assert client.get(rec["faces"][0]["image"]).status_code == 200
-    job = start_job(client, rec["input_id"], n=2, steps=2, face=0, size=8)
+    gain = rec["faces"][0]["gain"]
+    assert gain["tiny"]["decision"] == "skip" and gain["tiny"]["size"] > 100  # ~135 px face, 32-px net
+    assert gain["dcgan-digiface"]["decision"] == "skip"  # and for the 64-px default
+    r = client.post("/api/jobs", json={"input_id": rec["input_id"], "generator": "tiny", "n": 2,
+                                       "steps": 2, "face": 0, "size": 8})
+    assert r.status_code == 409 and "nothing to gain" in r.json()["error"]
+    assert "restore anyway" in r.json()["error"]
+    job = start_job(client, rec["input_id"], n=2, steps=2, face=0, size=8, force=True)
     s = wait_state(client, job, ("done", "failed"))
     assert s["state"] == "done", s["error"]
     res = s["result"]
@@ -391,6 +411,13 @@ def test_photo_faces_aligned_and_pasted_back(client: httpx.Client) -> None:
     assert left * scale - 80 * scale < float(xs.float().mean()) < right * scale + 80 * scale
     report = json.loads(client.get(f"/api/jobs/{job}/files/report.json").content)
     assert report["input"]["used_size"] == [8, 8] and report["input"]["face"]["mode"] == "detected"
+    assert report["input"]["face_gain"]["forced"] and report["input"]["face_gain"]["decision"] == "warn"
+    # the restored photo says what it is; the enlarged original ("before") is the user's
+    from pulse_sr.io.provenance import read_provenance
+
+    for name, kind in (("restored_00.png", "composite"), ("photo.png", None)):
+        path = client_app(client).state.manager.job_file(job, name)
+        assert read_provenance(path).get("kind") == kind, name
 
 
 def test_photo_without_alignment_offers_whole_image(client: httpx.Client,
@@ -449,12 +476,12 @@ def test_zoo_checkpoint_cached_after_start_up_is_offered(tmp_path: Path, monkeyp
 
     monkeypatch.setenv("PULSE_SR_WEIGHTS", str(tmp_path / "weights"))
     with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), httpx.Client(base_url=url) as c:
-        assert [g["name"] for g in c.get("/api/generators").json()] == ["dcgan-digiface", "tiny"]
+        assert [g["name"] for g in c.get("/api/generators").json()] == ["dcgan-digiface"]  # not tiny
         folder = tmp_path / "weights" / "stylegan2-ffhq-1024"  # `pulse-sr weights download` meanwhile
         folder.mkdir(parents=True)
         (folder / "stylegan2-ffhq-1024x1024.pkl").write_bytes(b"not a pickle")
         names = [g["name"] for g in c.get("/api/generators").json()]
-        assert names == ["dcgan-digiface", "tiny", "stylegan2-ffhq-1024"]
+        assert names == ["dcgan-digiface", "stylegan2-ffhq-1024"]
     restricted = JobManager(WebSettings(work_dir=str(tmp_path / "w2"), generators=("tiny",)))
     try:
         assert list(restricted.generators.refresh()) == ["tiny"]  # --generators still limits the offer
@@ -490,6 +517,127 @@ def test_serve_command_prints_the_address_and_serves(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(30)
     assert not any((tmp_path / "w").iterdir()), "temporary folder left behind after Ctrl-C/TERM"
+
+
+# -- issue 15 ----------------------------------------------------------------------------------
+def planted_hr(seed: int) -> torch.Tensor:
+    """The tiny generator's face behind :func:`planted_png` (``[3, 32, 32]`` in [0, 1])."""
+    gen = make_tiny_generator()
+    z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
+    with torch.no_grad():
+        return ((gen(z) + 1) / 2).clamp(0, 1)[0]
+
+
+def test_cancel_keeps_the_candidates_already_within_eps(tmp_path: Path) -> None:
+    """Regression (issue 15): cancel threw away the candidates already within eps."""
+    from types import SimpleNamespace
+
+    from pulse_sr.io.provenance import read_provenance
+    from pulse_sr.web.jobs import JobManager
+
+    seed_tiny_fit()
+    m = JobManager(WebSettings(work_dir=str(tmp_path / "w")))  # no workers: the test drives it
+    try:
+        data, _ = planted_png(seed=3)
+        iid, folder = m.store.open_slot()
+        (folder / "upload.bin").write_bytes(data)
+        m.store.charge(len(data))
+        m.store.register(iid, folder, "planted.png", len(data))
+        # eps 1e-5: the upload is the planted face's downscale rounded to 8 bits, at most
+        # 0.5/255 off per value, so its mean squared error is <= (1/510)^2 = 3.8e-6 < 1e-5
+        job = m.create_job({"input_id": iid, "generator": "tiny", "n": 3, "steps": 50, "eps": 1e-5})
+        m._queue.clear()
+        job.state, job.started, job.started_perf = "running", time.time(), time.perf_counter()
+        noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        hr = planted_hr(3)
+        job.last_info = SimpleNamespace(step=7, hr=torch.stack([noise[0], hr, noise[1]]))
+        m._cancelled(job)  # what the worker does when the search raises JobCancelled
+        s = m.snapshot(job)
+        assert s["state"] == "cancelled" and "kept 1 candidate" in s["error"]
+        res = s["result"]
+        assert res["cancelled"] and [c["index"] for c in res["candidates"]] == [1]
+        assert res["candidates"][0]["hr"] == "hr_01.png" and res["best_index"] == 1
+        got = read_png(m.job_file(job.id, "hr_01.png").read_bytes())
+        assert (got - hr).abs().max() <= 0.5 / 255 + 1e-6  # the kept face, 8-bit rounded
+        lr = read_png(m.job_file(job.id, "lr_01.png").read_bytes())
+        target = read_png(m.job_file(job.id, "input.png").read_bytes())
+        assert float((lr - target).pow(2).mean()) <= 1e-5
+        report = json.loads(m.job_file(job.id, "report.json").read_text())
+        assert report["cancelled"] and report["candidates"][0]["cancelled"]
+        assert report["candidates"][0]["kept_at_step"] == 7 and "within eps" in report["cancelled_note"]
+        assert read_provenance(m.job_file(job.id, "hr_01.png"))["kind"] == "generated"
+        assert read_provenance(m.job_file(job.id, "input.png")).get("kind") is None  # the user's
+        with zipfile.ZipFile(io.BytesIO(m.zip_bytes(job.id))) as z:
+            assert sorted(Path(n).name for n in z.namelist()) == [
+                "hr_01.png", "input.png", "lr_01.png", "report.json", "spread.png"]
+    finally:
+        m.stop()
+
+
+def test_job_lines_on_the_server_log(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    rec = upload(client, planted_png(seed=4)[0]).json()
+    with caplog.at_level(logging.INFO, logger="pulse_sr.web"):
+        job = start_job(client, rec["input_id"], n=1, steps=2)
+        assert wait_state(client, job, ("done", "failed"))["state"] == "done"
+        deadline = time.monotonic() + 10
+        while not any("finished" in r.getMessage() for r in caplog.records if job[:8] in r.getMessage()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if job[:8] in r.getMessage()]
+    assert [ln.split()[2].rstrip(":") for ln in lines] == ["queued", "started", "finished"], lines
+    assert "tiny" in lines[0] and "done in" in lines[2] and lines[2].endswith(" s")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the test's own 100.5-MP image
+def test_big_phone_photo_is_taken_not_refused(tmp_path: Path) -> None:
+    """Regression (issue 15): photos over 16.7 MP were refused; now only > 100 MP is. The
+    face is found on a shrunk copy, and pasted back where it was on the shrunk result."""
+    import skimage.data
+
+    seed_tiny_fit()
+    w, h = 5000, 3500  # 17.5 MP: over the old 4096 * 4096 limit
+    canvas = Image.new("RGB", (w, h), (120, 130, 140))
+    canvas.paste(Image.fromarray(skimage.data.astronaut()), (3000, 1500))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=85)
+    with live_server(WebSettings(work_dir=str(tmp_path / "w"))) as (url, _app), \
+            httpx.Client(base_url=url, timeout=120) as c:
+        rec = upload(c, buf.getvalue(), "phone.jpg").json()
+        assert (rec["width"], rec["height"], rec["kind"]) == (w, h, "photo")
+        assert len(rec["faces"]) == 1
+        left, top, right, bottom = rec["faces"][0]["box"]
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        assert 3150 < cx < 3290 and 1560 < cy < 1690  # her face, in full-size coordinates
+        job = start_job(c, rec["input_id"], n=1, steps=1, face=0, size=8, force=True)
+        assert wait_state(c, job, ("done", "failed"))["state"] == "done"
+        before = read_png(c.get(f"/api/jobs/{job}/files/photo.png").content)
+        after = read_png(c.get(f"/api/jobs/{job}/files/restored_00.png").content)
+        scale = 2048 / 5000  # the restored view's longer side is capped at 2048
+        assert before.shape == after.shape == (3, round(h * scale), 2048)
+        changed = (before - after).abs().sum(dim=0) > 0.05
+        ys, xs = changed.nonzero(as_tuple=True)
+        # the pasted frame (~170 px at full size, ~70 px here) is centred near the face
+        assert abs(float(xs.float().mean()) - cx * scale) < 40 and abs(float(ys.float().mean()) - cy * scale) < 40
+        # a whole big photo (no face chosen) is shrunk as uint8 before it becomes a float tensor
+        whole = start_job(c, rec["input_id"], n=1, steps=1, center_crop=True, resize=True)
+        s = wait_state(c, whole, ("done", "failed"))
+        assert s["state"] == "done" and any("shrunk from 5000x3500" in n for n in s["notes"]), s["notes"]
+        huge = io.BytesIO()
+        Image.new("RGB", (10_050, 10_000)).save(huge, "PNG")  # 100.5 MP: absurd
+        r = upload(c, huge.getvalue(), "huge.png")
+        assert r.status_code == 400 and "too many pixels" in r.json()["error"]
+
+
+def test_finished_job_faces_carry_provenance(client: httpx.Client) -> None:
+    from pulse_sr.io.provenance import read_provenance
+
+    rec = upload(client, planted_png(seed=6)[0]).json()
+    job = start_job(client, rec["input_id"], n=1, steps=2)
+    assert wait_state(client, job, ("done", "failed"))["state"] == "done"
+    for name in ("hr_00.png", "lr_00.png"):
+        assert read_provenance(client_app(client).state.manager.job_file(job, name)).get("kind") == "generated"
 
 
 def test_web_job_of_a_mosaic_says_mosaic(client: httpx.Client) -> None:

@@ -100,3 +100,102 @@ def test_upload_watch_results_and_zip(tmp_path: Path) -> None:
     assert report["generator"]["name"] == "dcgan-digiface"
     assert [c["steps_run"] for c in report["candidates"]] == [8, 8]
     assert report["input"]["used_size"] == [16, 16]
+
+
+def group_photo() -> bytes:
+    """scikit-image's astronaut at full size (face ~135 px) and at 1/5 (face ~27 px), side by side."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    big = Image.fromarray(skimage.data.astronaut())
+    small = big.resize((102, 102), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (700, 512), (200, 200, 200))
+    canvas.paste(big, (0, 0))
+    canvas.paste(small, (560, 200))
+    buf = io.BytesIO()
+    canvas.save(buf, "PNG")
+    assert np.asarray(canvas).std() > 10
+    return buf.getvalue()
+
+
+def test_photo_skip_cancel_keeps_and_provenance(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 15 in the browser: a large face shown as skipped (with "restore anyway"), a small
+    one restored; a cancel keeps the candidates already within eps; a downloaded face
+    carries provenance. Screenshots go to /tmp/pulse_sr_web_*.png."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    import pulse_sr.search.pulse as pulse_mod
+    from pulse_sr.io.provenance import read_provenance
+
+    real = pulse_mod.pulse_search
+
+    def slowed(*args: Any, callback: Any = None, **kw: Any) -> Any:
+        def cb(info: Any) -> None:  # 0.15 s a step: time to see candidates converge and cancel
+            time.sleep(0.15)
+            callback(info)
+        return real(*args, callback=cb, **kw)
+
+    monkeypatch.setattr(pulse_mod, "pulse_search", slowed)
+    photo = tmp_path / "group.png"
+    photo.write_bytes(group_photo())
+    errors: list[str] = []
+    with live_server(WebSettings(preview_every=1)) as (url, _app), sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1200, "height": 900}, accept_downloads=True,
+        )
+        try:
+            page = ctx.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#generator option[value=dcgan-digiface]", state="attached")
+            assert page.locator("#generator option[value=tiny]").count() == 0  # not a face model
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector(".faces button >> nth=1", timeout=60_000)
+            assert page.locator(".faces button").count() == 2
+            big = page.locator(".faces button.skipped")
+            assert big.count() == 1 and "skipped" in big.locator(".gain").inner_text()
+            chosen = page.locator(".faces button.chosen")
+            assert "skipped" not in (chosen.get_attribute("class") or "")  # the small face is chosen
+            assert page.locator("#force-label").is_hidden()
+            big.click()
+            assert page.locator("#force-label").is_visible()
+            assert "nothing to gain" in page.locator("#input-message").inner_text()
+            page.screenshot(path="/tmp/pulse_sr_web_skipped.png", full_page=True)
+            page.locator(".faces button:not(.skipped)").click()
+            assert page.locator("#force-label").is_hidden()
+
+            page.fill("#n", "4")
+            page.fill("#steps", "400")
+            page.fill("#eps", "0.01")  # loose: some of 4 candidates get there early
+            page.click("#start")
+            page.wait_for_selector("#live-section:not([hidden])")
+            # while queued or loading: placeholders, never an <img> without a src
+            assert page.evaluate("[...document.querySelectorAll('#live-faces img')].every(i => i.getAttribute('src'))")
+            page.wait_for_function(
+                "/ [1-3]\\/4 within eps/.test(document.getElementById('status-text').textContent)",
+                timeout=200_000)
+            page.click("#cancel")
+            page.wait_for_selector("#results-section:not([hidden])", timeout=60_000)
+            assert page.locator("#status-text").inner_text().startswith("cancelled")
+            assert "Cancelled" in page.locator("#results-summary").inner_text()
+            cards = page.locator(".card")
+            assert 1 <= cards.count() <= 3
+            for k in range(cards.count()):
+                text = cards.nth(k).inner_text()
+                assert "within eps" in text and "not within eps" not in text and "cancelled" in text
+            cols = page.evaluate("getComputedStyle(document.getElementById('candidates')).gridTemplateColumns")
+            assert cols.split()[0] == "214px"  # fixed columns
+            page.wait_for_timeout(300)
+            page.screenshot(path="/tmp/pulse_sr_web_cancelled.png", full_page=True)
+            with page.expect_download() as info:
+                cards.nth(0).locator("a", has_text="download").click()
+            face = Path(info.value.path())
+            prov = read_provenance(face)
+        finally:
+            ctx.close()
+    assert not errors, errors
+    assert prov["kind"] == "generated" and prov["generator"] == "dcgan-digiface" and prov["not_recovered"]

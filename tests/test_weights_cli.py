@@ -88,6 +88,25 @@ def test_info_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "unknown zoo checkpoint 'stylegan9'" in err
 
 
+def test_info_dcgan_digiface_shows_the_default_generators_card(capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 15: the default generator had no card ("unknown zoo checkpoint"); it now shows
+    one like the zoo's: synthetic DigiFace-1M training data, what that means, MIT."""
+    from pulse_sr.generators.dcgan import find_digiface_weights
+
+    code, out, err = run(["weights", "info", "dcgan-digiface"], capsys)
+    text = " ".join(out.split())
+    assert code == 0, err
+    assert text.startswith("dcgan-digiface: ") and "resolution: 64x64" in text
+    assert "licence: MIT" in text and "DigiFace-1M" in text and "synthetic" in text
+    assert "what it means for real faces:" in text and "not a photo" in text
+    assert f"installed: {find_digiface_weights()}" in text
+    code, out, _ = run(["weights", "info", "dcgan-digiface", "--json"], capsys)
+    card = json.loads(out)
+    assert code == 0 and card["name"] == "dcgan-digiface" and card["resolution"] == 64 and card["installed"]
+    assert card["licence"].startswith("MIT") and card["files"] == []
+    assert "dcgan-digiface" not in zoo.ZOO  # not a download: list/download/path stay the zoo's
+
+
 def test_download_path_verify_force(server: tuple[ServerState, str], capsys: pytest.CaptureFixture[str],  # noqa: F811
                                     monkeypatch: pytest.MonkeyPatch, _env: Path) -> None:
     state, base = server

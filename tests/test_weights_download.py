@@ -37,6 +37,7 @@ class ServerState:
     files: dict[str, bytes] = field(default_factory=dict)
     plans: dict[str, list[str]] = field(default_factory=dict)
     cut_at: int = 300_000
+    trickle_delay: float = 0.01
     log: list[tuple[str, str | None, int]] = field(default_factory=list)  # (path, Range header, status)
 
     def requests_for(self, name: str) -> list[tuple[str | None, int]]:
@@ -108,6 +109,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[i:i + step])
                 self.wfile.flush()
                 time.sleep(0.03)
+            return
+        if mode == "trickle":  # one byte at a time, state.trickle_delay apart, until the client hangs up
+            self.server.state.log.append((self.path, rng, status))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in extra.items():
+                self.send_header(k, v)
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(state.trickle_delay)
+            except OSError:
+                pass
             return
         if mode == "cut":  # announce the whole body, send part of it, hang up
             self._send(status, body[: state.cut_at - start] if start < state.cut_at else body[:1000],
@@ -507,3 +523,58 @@ def test_zoo_name_loads_through_load_generator(server: tuple[ServerState, str], 
     again = load_generator("pulse-stylegan1-ffhq-1024")  # cached now: no consent needed, no request
     assert again.weights_hash == ref.weights_hash
     assert len(state.log) == requests
+
+
+# -- time limits (issue 14) -------------------------------------------------------------------
+def test_trickling_server_is_stopped_by_the_minimum_rate(server: tuple[ServerState, str], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a server sending a byte every so often kept `weights download` busy forever
+    # (no socket timeout ever fires). Limits from the environment, as a user would set them.
+    state, base = server
+    data = payload(2000)
+    state.files["w.pkl"] = data
+    state.plans["w.pkl"] = ["trickle"]
+    monkeypatch.setenv("PULSE_SR_DOWNLOAD_MIN_RATE", "1000")  # bytes/s; the trickle sends about 100
+    monkeypatch.setenv("PULSE_SR_DOWNLOAD_RATE_WINDOW", "0.3")
+    with pytest.raises(WeightsError) as info:
+        dl.fetch(f"{base}/w.pkl", tmp_path / "w.pkl", size=len(data), **QUICK)
+    msg = str(info.value)
+    assert "stopped" in msg and "below the minimum 1,000 bytes/s" in msg and "PULSE_SR_DOWNLOAD_MIN_RATE" in msg
+    assert "\n" not in msg and "is kept, run again to resume" in msg
+    part = tmp_path / "w.pkl.part"
+    assert 0 < part.stat().st_size < len(data) and part.read_bytes() == data[:part.stat().st_size]
+    assert not (tmp_path / "w.pkl").exists() and len(state.requests_for("w.pkl")) == 1  # not retried
+
+
+def test_overall_deadline_stops_a_download_that_keeps_its_rate(server: tuple[ServerState, str],
+                                                               tmp_path: Path) -> None:
+    state, base = server
+    data = payload(100_000)
+    state.files["w.pkl"] = data
+    state.plans["w.pkl"] = ["trickle"]
+    state.trickle_delay = 0.001
+    with pytest.raises(WeightsError, match=r"took longer than 0.3 s, the time limit \(PULSE_SR_DOWNLOAD_MAX_SECONDS\)"):
+        dl.fetch(f"{base}/w.pkl", tmp_path / "w.pkl", size=len(data), max_seconds=0.3, min_rate=0, **QUICK)
+    assert 0 < (tmp_path / "w.pkl.part").stat().st_size < len(data)
+
+
+def test_deadline_covers_retries(server: tuple[ServerState, str], tmp_path: Path) -> None:
+    state, base = server
+    data = payload(1000)
+    state.files["w.pkl"] = data
+    state.plans["w.pkl"] = ["503"] * 50
+    with pytest.raises(WeightsError, match="leaves no time to retry"):
+        dl.fetch(f"{base}/w.pkl", tmp_path / "w.pkl", size=len(data), max_seconds=0.2,
+                 **{**QUICK, "base_delay": 0.5})
+    assert len(state.requests_for("w.pkl")) == 1
+
+
+def test_bad_limit_values_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(dl.MAX_SECONDS_ENV, "soon")
+    with pytest.raises(WeightsError, match="PULSE_SR_DOWNLOAD_MAX_SECONDS='soon': not a number"):
+        dl.fetch("http://127.0.0.1:9/x", tmp_path / "x", **QUICK)
+    monkeypatch.delenv(dl.MAX_SECONDS_ENV)
+    with pytest.raises(WeightsError, match="non-negative"):
+        dl.fetch("http://127.0.0.1:9/x", tmp_path / "x", min_rate=-1, **QUICK)
+    clock = dl.Clock()
+    assert (clock.max_seconds, clock.min_rate, clock.rate_window) == (7200.0, 10_000.0, 60.0)

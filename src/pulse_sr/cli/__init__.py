@@ -24,12 +24,13 @@ from typing import Sequence
 
 from pulse_sr.cli.common import (  # noqa: F401 - re-exported for callers and tests
     DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_CONVERGED, EXIT_OK, EXIT_USAGE, NOTICE,
-    UsageError, err, one_line, version,
+    UsageError, configure, err, one_line, version,
 )
+from pulse_sr.threads import prefer_passive_wait
 from pulse_sr.search.settings import NOISE_TYPES, OPTIMIZERS, SCHEDULES  # noqa: F401 - torch-free
 
 #: subcommand modules (each has ``add_parser(subparsers)`` that sets ``func``), in help order
-SUBCOMMANDS = ("run", "align", "restore", "convert", "serve", "weights")
+SUBCOMMANDS = ("run", "align", "restore", "convert", "serve", "weights", "train_encoder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,16 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMANDS:
         importlib.import_module(f"pulse_sr.cli.{name}").add_parser(sub)
+    parser.set_defaults(_subparsers=sub.choices)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an option the subcommand does not know is reported with the
+    subcommand's usage (argparse alone shows the top level's), exit 2."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = getattr(args, "_subparsers", {}).get(getattr(args, "command", None))
+        (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as e:  # --help, --version, usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    configure(args)
+    # Idle OpenMP threads must sleep, not spin: on a shared machine spinning made a DCGAN step
+    # 4-30x slower (benchmarks/results/threads.json). Read when torch starts, so set it first.
+    prefer_passive_wait()
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
         return int(args.func(args))

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pulse_sr.cli.common import (  # noqa: F401 - settings_from_args is part of this module's API
-    Job, UsageError, generator_from_args, int_at_least, json_safe, out, output_name, prepare_jobs, run_jobs,
+    Job, UsageError, err, generator_from_args, int_at_least, json_safe, output_name, prepare_jobs, run_jobs,
     settings_from_args, version,
 )
 from pulse_sr.cli.options import (  # noqa: F401 - the constants are re-exported (tests check them)
     DEFAULT_SIZE, DETECT_MAX_SIDE, FEATHER, MAX_SIDE, MIN_SCORE, PHOTO_MAX_PIXELS, TINY_SIDE, FaceOptions,
-    RunOptions, add_face_options,
+    RunOptions, add_face_options, add_output_options,
 )
 
 
@@ -31,13 +31,15 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "align",
         help="find and align the faces of photos, writing low-resolution search inputs",
-        description="For each PHOTO (or folder of photos), detect every face (dlib; pip install "
-        "'pulse-sr[align]'), align it as the FFHQ dataset was made, resample it to the generator's "
+        description="For each PHOTO (or folder of photos), detect every face (MTCNN, down to about "
+        "16 px; dlib's 68 landmarks where it finds the face too), align it as the FFHQ dataset was "
+        "made, resample it to the generator's "
         "resolution and downscale it with PULSE's bicubic operator. Writes OUTDIR/<stem>_face_KK.png, "
         "OUTDIR/aligned/<stem>_face_KK.png and OUTDIR/<stem>.json (quads and transforms).",
     )
     p.add_argument("inputs", nargs="+", metavar="PHOTO", help="image files or folders")
-    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR",
+                   help="faces go to OUTDIR/<photo stem>_face_KK.png (made if missing)")
     p.add_argument("--generator", default="dcgan-digiface",
                    help="the generator the faces are for: sets their resolution and framing")
     p.add_argument("--weights", metavar="PATH", default=None, help="weights folder or file")
@@ -45,7 +47,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-pixels", type=int_at_least(16), default=PHOTO_MAX_PIXELS,
                    help="refuse larger photos (default 8192*8192)")
     p.add_argument("--overwrite", action="store_true", help="redo photos already aligned")
-    p.add_argument("--quiet", action="store_true", help="no per-photo lines")
+    add_output_options(p)
     p.set_defaults(func=cmd_align)
 
 
@@ -69,11 +71,14 @@ def resolve_size(size: int | None, resolution: int) -> int:
 
 def find_faces(photo: Any, faces: FaceOptions, *, resolution: int, framing: Any) -> tuple[list[Any], list[str]]:
     """The faces of ``photo [H, W, 3]`` uint8 by the face options; returns ``(faces, notes)``.
+
+    Detection: MTCNN for every size, dlib's 68 points where dlib finds the face too, retried
+    on a copy with a neutral border for tight crops; frames that leave the photo are filled
+    from such a border, never mirrored (:mod:`pulse_sr.io.face_finder`).
     Raises NoFaceError / AlignError (one line)."""
     from pulse_sr.degradations.bicubic import valid_input_sizes
-    from pulse_sr.io.align import (
-        AlignError, NoFaceError, align_detections, detect_faces, keep_largest, whole_image_face,
-    )
+    from pulse_sr.io.align import AlignError, NoFaceError, keep_largest, whole_image_face
+    from pulse_sr.io.face_finder import align_without_mirror, detect_with_retry
 
     mode = faces.mode
     h, w = photo.shape[:2]
@@ -81,22 +86,21 @@ def find_faces(photo: Any, faces: FaceOptions, *, resolution: int, framing: Any)
         why = "--aligned" if mode == "aligned" else f"smaller than {TINY_SIDE} pixels"
         return [whole_image_face(photo, resolution=resolution)], [f"taken as an aligned face ({why})"]
     try:
-        dets = detect_faces(photo, min_score=faces.min_score, detect_max_side=faces.detect_max_side)
+        dets, notes = detect_with_retry(photo, min_score=faces.min_score, detect_max_side=faces.detect_max_side)
     except AlignError as e:
         if mode == "auto":
             raise AlignError(f"{e} (or --aligned if the image is already an aligned face)") from None
         raise
-    notes: list[str] = []
     if not dets:
         if mode == "auto" and h == w and h in valid_input_sizes(resolution):
             return ([whole_image_face(photo, resolution=resolution)],
                     ["no face detected; a square of a valid input size: taken as an aligned face"])
-        raise NoFaceError(f"no face found (dlib detector, --min-score {faces.min_score:g}); nothing written"
+        raise NoFaceError("no face found (MTCNN and dlib detectors, also on a copy with a border); nothing written"
                           + ("; use --aligned if the image is an aligned face crop" if mode == "auto" else ""))
     kept = keep_largest(dets, faces.max_faces)
     if len(kept) < len(dets):
         notes.append(f"{len(dets)} faces found; kept the {len(kept)} largest (--max-faces)")
-    return align_detections(photo, kept, resolution=resolution, framing=framing), notes
+    return align_without_mirror(photo, kept, resolution=resolution, framing=framing), notes
 
 
 def aligned_target(photo: Any, opts: RunOptions, resolution: int, size: int | None,
@@ -144,11 +148,10 @@ def load_photo(path: Path, max_pixels: int) -> Any:
 # -- align ---------------------------------------------------------------------------------
 def cmd_align(args: argparse.Namespace) -> int:
     """``pulse-sr align``: exit 0 all done or skipped, 1 some photo failed (no face, unreadable)."""
-    from pulse_sr.io.align import framing_for
 
     opts, faces = RunOptions.from_args(args), FaceOptions.from_args(args)
     generator = generator_from_args(args, "cpu")
-    framing = framing_for(generator.name)
+    framing = generator.framing
     size = resolve_size(faces.size, int(generator.resolution))
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: opts.outdir / f"{output_name(p)}.json")
 
@@ -195,7 +198,7 @@ def _align_one(job: Job, opts: RunOptions, face_opts: FaceOptions, generator: An
     if record_path.exists() and not opts.overwrite:
         job.status, job.converged, job.reason = "skipped", True, "aligned already"
         if not opts.quiet:
-            out(f"{path}: skipped (aligned already; use --overwrite)")
+            err(f"{path}: skipped (aligned already; use --overwrite)")
         return
     started = time.perf_counter()
     photo = load_photo(path, opts.max_pixels)
@@ -234,5 +237,6 @@ def _align_one(job: Job, opts: RunOptions, face_opts: FaceOptions, generator: An
     atomic_write_json(record_path, json_safe(record))
     _remove_old_faces(outdir, stem, old_files)
     job.status, job.converged = "done", True
+    job.extra["output"] = str(record_path)
     if not opts.quiet:
-        out(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} -> {outdir}/{stem}_face_*.png")
+        err(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} -> {outdir}/{stem}_face_*.png")

@@ -21,6 +21,25 @@ class UsageError(Exception):
     """Bad options, device or generator: one line, exit 2."""
 
 
+#: how this process's command prints (set once per :func:`pulse_sr.cli.main` by :func:`configure`):
+#: ``json``: one JSON object per input on stdout, every human line on stderr; ``verbose``:
+#: per-step detail and timings on stderr
+MODE: dict[str, bool] = {"json": False, "verbose": False, "recursive": False}
+
+
+def configure(args: argparse.Namespace) -> None:
+    """Set :data:`MODE` from ``--json`` / ``--verbose`` (absent: off)."""
+    MODE["json"] = bool(getattr(args, "json", False))
+    MODE["verbose"] = bool(getattr(args, "verbose", False))
+    MODE["recursive"] = bool(getattr(args, "recursive", False))
+
+
+def verbose(msg: str) -> None:
+    """A ``--verbose`` line (stderr); nothing otherwise."""
+    if MODE["verbose"]:
+        err(msg)
+
+
 # -- argument types ----------------------------------------------------------------------
 def int_at_least(lo: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -71,12 +90,13 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Expand folders: the image files directly inside, sorted by name.
+def collect_inputs(inputs: Sequence[str], *, recursive: bool = False) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Expand folders: the image files directly inside, sorted by name (``recursive``: and
+    those of its subfolders, depth first, not following links to folders).
 
     Returns the jobs and the (input, problem) pairs of folders without images. Every entry of
-    a folder that is not taken (hidden, another type, a subfolder, a broken link) is a job
-    already ``skipped``, with the reason, so the summary counts it.
+    a folder that is not taken (hidden, another type, a subfolder without ``recursive``, a
+    broken link) is a job already ``skipped``, with the reason, so the summary counts it.
     """
     jobs: list[Job] = []
     problems: list[tuple[str, str]] = []
@@ -85,17 +105,30 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Job], list[tuple[str, st
         if not p.is_dir():
             jobs.append(Job(p))
             continue
-        try:
-            entries = sorted(p.iterdir(), key=lambda c: c.name)
-        except OSError as e:
-            problems.append((text, f"cannot list folder ({e.strerror or e})"))
+        found = _scan(p, recursive, problems, text)
+        if found is None:
             continue
-        found = [Job(c) if why is None else Job(c, status="skipped", reason=why)
-                 for c, why in ((c, _not_taken(c)) for c in entries)]
         if not any(j.status == "pending" for j in found):
             problems.append((text, f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in folder"))
         jobs.extend(found)
     return jobs, problems
+
+
+def _scan(folder: Path, recursive: bool, problems: list[tuple[str, str]], text: str) -> list[Job] | None:
+    """The jobs of one folder (``None`` when it cannot be listed: a problem is recorded)."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda c: c.name)
+    except OSError as e:
+        problems.append((text, f"cannot list folder ({e.strerror or e})"))
+        return None
+    found: list[Job] = []
+    for c in entries:
+        if recursive and c.is_dir() and not c.is_symlink() and not c.name.startswith("."):
+            found.extend(_scan(c, recursive, problems, str(c)) or [])
+            continue
+        why = _not_taken(c)
+        found.append(Job(c) if why is None else Job(c, status="skipped", reason=why))
+    return found
 
 
 def _not_taken(entry: Path) -> str | None:
@@ -105,7 +138,7 @@ def _not_taken(entry: Path) -> str | None:
     if entry.is_symlink() and not entry.exists():
         return "broken symbolic link"
     if entry.is_dir():
-        return "a folder, not searched recursively"
+        return "a folder, not searched (--recursive descends into subfolders)"
     if entry.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not a supported image type: {entry.suffix or 'no extension'}"
     if not entry.is_file():
@@ -214,6 +247,12 @@ def render_error(e: BaseException) -> str:
         return text + f" (use --resize to resize the block grid to the nearest: {data['nearest']})"
     if getattr(e, "kind", None) == "size" and data.get("size"):
         w, h = data["size"]
+        resolution = data.get("resolution")
+        if resolution and min(w, h) > int(resolution):
+            # larger than any face the generator draws: a photo, not a low-resolution face;
+            # squashing it to a valid size gives nonsense
+            return (text.removesuffix(f" (nearest: {data.get('nearest')})") + "; this looks like a photo: "
+                    "use pulse-sr restore (or run --align) to find, restore and paste back its faces")
         if not data.get("square", True):
             text += f"; use --center-crop to crop the central {min(w, h)}x{min(w, h)}"
         elif data.get("nearest") is not None:
@@ -278,10 +317,11 @@ def prepare_jobs(inputs: Sequence[str], outdir: Path, key: Any) -> tuple[list[Jo
     """Inputs, folder problems and stem clashes (a clash fails the later input)."""
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"-o {outdir}: exists and is not a folder")
-    jobs, problems = collect_inputs(inputs)
+    jobs, problems = collect_inputs(inputs, recursive=MODE["recursive"])
     failures = list(problems)
     for where, problem in problems:
         err(f"error: {where}: {problem}")
+        emit_json({"path": where, "status": "failed", "error": problem})
     seen: dict[str, Path] = {}
     for job in jobs:
         if job.status != "pending":
@@ -292,6 +332,7 @@ def prepare_jobs(inputs: Sequence[str], outdir: Path, key: Any) -> tuple[list[Jo
                                                f"write {key(job.path)}); rename one")
             err(f"error: {job.path}: {job.error}")
             failures.append((str(job.path), job.error))
+            emit_json(job_record(job))
         else:
             seen[k] = job.path
     return jobs, failures
@@ -313,17 +354,22 @@ def result_dir(outdir: Path, path: Path) -> Path:
 
 
 def run_jobs(jobs: list[Job], failures: list[tuple[str, str]], one: Any,
-             not_converged: str = "without a candidate within eps") -> int:
+             not_converged: str = "without a candidate within eps", hint: str = "") -> int:
     """Run ``one(job)`` for every pending job; any error fails that input only (a folder runs
-    to the end). Prints the summary (done, skipped, failed with reasons) and returns the exit
-    code: 0, 1 some input failed, 3 some input done or skipped as done ``not_converged``."""
+    to the end). Every input's line goes to stderr (each failure once, where it happens);
+    with ``--json`` each input's :func:`job_record` goes to stdout. Prints the summary (done,
+    skipped; failures counted) and returns the exit code: 0, 1 some input failed, 3 some input
+    done or skipped as done ``not_converged`` (then ``hint``, what to try next, is printed)."""
     for job in jobs:
         if job.status != "pending":
+            if job.status == "skipped":
+                emit_json(job_record(job))
             continue
         _run_job(job, one)
         if job.status == "failed":
             err(f"error: {job.path}: {job.error}")
             failures.append((str(job.path), job.error or "failed"))
+        emit_json(job_record(job))
     done = [j for j in jobs if j.status == "done"]
     skipped = [j for j in jobs if j.status == "skipped"]
     not_conv = [j for j in done if not j.converged]
@@ -333,16 +379,63 @@ def run_jobs(jobs: list[Job], failures: list[tuple[str, str]], one: Any,
         [f"{len(old_not_conv)} skipped as done earlier {not_converged}"] if old_not_conv else [])
     if notes:
         line += f" ({'; '.join(notes)})"
-    out(line)
+    say = err if MODE["json"] else out
+    say(line)
     for j in done:
-        out(f"  done: {j.path}" + ("" if j.converged else f" ({not_converged})"))
+        say(f"  done: {j.path}" + ("" if j.converged else f" ({not_converged})"))
     for j in skipped:
-        out(f"  skipped: {j.path} ({j.reason or 'already done'})")
-    for where, problem in failures:
-        err(f"  failed: {where}: {problem}")
+        say(f"  skipped: {j.path} ({j.reason or 'already done'})")
     if failures:
         return EXIT_FAILED
-    return EXIT_NOT_CONVERGED if not_conv or old_not_conv else EXIT_OK
+    if not_conv or old_not_conv:
+        if hint:
+            err(hint)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def not_converged_hint(args: argparse.Namespace) -> str:
+    """What to try when no candidate came within eps (exit 3), naming only the options this
+    command has: another ``--degradation``, a higher ``--noise-sigma`` or ``--eps``, more ``--steps``."""
+    tries = []
+    if hasattr(args, "degradation"):
+        tries.append("a different --degradation (the input may not be a bicubic downscale)")
+    if hasattr(args, "noise_sigma"):
+        tries.append("a higher --noise-sigma (noisy or compressed input)")
+    if hasattr(args, "eps"):
+        tries.append("a higher --eps" + (f" (now {args.eps:g})" if getattr(args, "eps", None) else ""))
+    if hasattr(args, "steps"):
+        tries.append("more --steps" + (f" (now {args.steps})" if getattr(args, "steps", None) else ""))
+    if not tries:
+        return ""
+    return "no candidate within eps: try " + ", ".join(tries[:-1]) + (" or " if len(tries) > 1 else "") + tries[-1]
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """One input's outcome as plain data (a ``--json`` line): path, status, best L2, converged,
+    output folder, and the error or skip reason."""
+    import os as _os
+
+    rec: dict[str, Any] = {"path": _os.fsdecode(job.path), "status": job.status,
+                           "best_l2": job.extra.get("best_l2"),
+                           "converged": bool(job.converged) if job.status != "failed" else False,
+                           "output": job.extra.get("output")}
+    if job.error:
+        rec["error"] = job.error
+    if job.reason:
+        rec["reason"] = job.reason
+    for key in ("faces",):
+        if key in job.extra:
+            rec[key] = job.extra[key]
+    return rec
+
+
+def emit_json(rec: dict[str, Any]) -> None:
+    """Print ``rec`` as one JSON line on stdout when ``--json`` is on."""
+    if MODE["json"]:
+        import json
+
+        print(json.dumps(json_safe(rec), ensure_ascii=True), flush=True)
 
 
 def _run_job(job: Job, one: Any) -> None:
@@ -377,7 +470,8 @@ def already_done(job: Job, final: Path, *, overwrite: bool, converged_key: str =
             converged = False
         job.status, job.converged, job.extra["done"] = "skipped", converged, True
         job.reason = "already done" + ("" if converged else "; no candidate within eps")
-        out(f"{job.path}: skipped (exists; use --overwrite)")
+        job.extra["output"] = str(final)
+        err(f"{job.path}: skipped (exists; use --overwrite)")
         return True
     if (final.exists() or final.is_symlink()) and not overwrite:
         raise PulseError(f"{final} exists but holds no report.json; use --overwrite to replace it")
@@ -394,7 +488,7 @@ def claimed(job: Job, final: Path) -> Iterator[bool]:
     if holder is not None:
         job.status = "skipped"
         job.reason = f"another pulse-sr run (pid {holder or 'unknown'}) is writing {final}"
-        out(f"{job.path}: skipped ({job.reason})")
+        err(f"{job.path}: skipped ({job.reason})")
         yield False
         return
     try:

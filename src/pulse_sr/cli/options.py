@@ -41,7 +41,8 @@ def _default(name: str) -> Any:
 def add_run_options(p: Any) -> None:
     """Inputs, output, generator, search and I/O options of ``run`` (``restore`` takes them all)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR",
+                   help="results go to OUTDIR/<input stem>/ (made if missing)")
     g = p.add_argument_group("generator")
     g.add_argument("--generator", default="dcgan-digiface",
                    help="dcgan-digiface (default, 64x64), stylegan1/2/3 (with --weights), tiny (tests), "
@@ -72,7 +73,17 @@ def add_run_options(p: Any) -> None:
     i.add_argument("--overwrite", action="store_true", help="replace existing results")
     i.add_argument("--save-intermediate", action="store_true",
                    help="save every step of each candidate and an animated GIF")
-    i.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_options(i)
+
+
+def add_output_options(i: Any) -> None:
+    """How a command talks: ``-q``, ``-v``, ``--json``, ``--recursive`` (run, restore, align)."""
+    i.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    i.add_argument("-v", "--verbose", action="store_true", help="per-step detail and timings on stderr")
+    i.add_argument("--json", action="store_true",
+                   help="one JSON object per input on stdout (path, status, best_l2, converged, output); "
+                   "every human line goes to stderr")
+    i.add_argument("--recursive", action="store_true", help="also take the images in subfolders of a folder")
 
 
 def _add_search_options(s: Any) -> None:
@@ -172,6 +183,9 @@ def add_paste_options(p: Any) -> None:
                    "the generator's full resolution, at least 1)")
     g.add_argument("--max-side", type=int_at_least(16), default=MAX_SIDE,
                    help=f"cap on the restored photo's longer side (default {MAX_SIDE})")
+    g.add_argument("--force", action="store_true",
+                   help="also restore faces already at least the generator's resolution (by default "
+                   "they are left untouched: restoring would only replace them with an invented face)")
 
 
 # -- parsed options ------------------------------------------------------------------------
@@ -201,6 +215,7 @@ class RunOptions:
     mask: str | None = None
     grey_output: bool = INPUT_DEFAULTS["grey_output"]
     faithful: bool = False
+    verbose: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
@@ -208,7 +223,7 @@ class RunOptions:
         return cls(inputs=tuple(args.inputs), outdir=Path(args.outdir),
                    **{k: _get(args, k, getattr(d, k)) for k in (
                        "n", "seed", "device", "resize", "center_crop", "max_pixels", "overwrite",
-                       "save_intermediate", "quiet", "degradation", "noise_sigma", "mask", "grey_output",
+                       "save_intermediate", "quiet", "verbose", "degradation", "noise_sigma", "mask", "grey_output",
                        "faithful")})
 
     def check_input_choices(self) -> None:
@@ -308,9 +323,14 @@ def search_with_progress(label: str, opts: RunOptions, generator: Any, target: A
     from pulse_sr.io.images import to_pil
     from pulse_sr.search import pulse
 
+    import time
+
+    from pulse_sr.cli.common import err
+
     sw = max(3, len(str(settings.steps)))
+    every, started = max(1, settings.steps // 20), time.perf_counter()  # about 20 lines per search
     bar = tqdm(total=settings.steps, desc=printable(label, getattr(sys.stderr, "encoding", None)),
-               unit="step", file=sys.stderr, disable=True if opts.quiet else None, leave=False,
+               unit="step", file=sys.stderr, disable=True if opts.quiet or opts.verbose else None, leave=False,
                dynamic_ncols=True)
 
     def callback(info: Any) -> None:
@@ -321,6 +341,10 @@ def search_with_progress(label: str, opts: RunOptions, generator: Any, target: A
             f"{int(info.converged.sum())}/{int(info.converged.numel())}",
             refresh=False,
         )
+        if opts.verbose and (info.step % every == 0 or info.step == settings.steps):
+            err(f"  {printable(label)} step {info.step}/{settings.steps}: best L2 {float(info.best_l2.min()):.3e}, "
+                f"converged {int(info.converged.sum())}/{int(info.converged.numel())}, "
+                f"{time.perf_counter() - started:.1f} s")
         if frames and info.hr is not None:
             for k, d in enumerate(frames):
                 to_pil(info.hr[k]).save(d / f"step_{info.step:0{sw}d}.png")

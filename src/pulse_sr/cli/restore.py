@@ -18,8 +18,9 @@ from typing import Any
 
 from pulse_sr.cli.align import aligned_target, find_faces, load_photo, resolve_size, small_face_note
 from pulse_sr.cli.common import (
-    NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args,
-    json_safe, out, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, version,
+    NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, claimed, err,
+    generator_from_args, json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs,
+    settings_from_args, verbose, version,
 )
 from pulse_sr.cli.options import (
     PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_face_options, add_paste_options,
@@ -36,7 +37,8 @@ def add_parser(sub: Any) -> None:
         help="super-resolve every face of photos and paste them back (run --align)",
         description="For each PHOTO: align every face, search faces that downscale to it (as "
         "pulse-sr run does) and paste the chosen candidate back into an enlarged copy of the photo "
-        "through the inverse of its alignment, with a feathered edge. Writes OUTDIR/<stem>/ with "
+        "through the inverse of its alignment, with a feathered edge. A face already at least the "
+        "generator's resolution is left untouched (--force restores it). Writes OUTDIR/<stem>/ with "
         "restored.png, comparison.png, face_KK/ (the search results) and report.json.",
     )
     add_run_options(p)  # every option of `run`, same names and defaults
@@ -59,6 +61,7 @@ class Restore:
     settings: Any
     framing: Any
     size: int
+    force: bool = False
 
 
 def restore_main(args: argparse.Namespace) -> int:
@@ -68,8 +71,6 @@ def restore_main(args: argparse.Namespace) -> int:
     (:func:`add_face_options`, :func:`add_paste_options`) default when absent.
     Exit codes as ``run``: 0, 1 some photo failed, 2 usage, 3 a face without a candidate within eps.
     """
-    from pulse_sr.io.align import framing_for
-
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     paste = PasteOptions.from_args(args, opts.n)
@@ -83,9 +84,11 @@ def restore_main(args: argparse.Namespace) -> int:
     size = resolve_size(faces.size, int(generator.resolution))
     announce_gaussian_fit(generator, quiet=opts.quiet)
     announce_compile(settings, generator, quiet=opts.quiet)
-    r = Restore(opts, faces, paste, generator, settings, framing_for(generator.name), size)
+    r = Restore(opts, faces, paste, generator, settings, generator.framing, size,
+                force=bool(getattr(args, "force", False)))
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: result_dir(opts.outdir, p))
-    return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED)
+    return run_jobs(jobs, failures, lambda job: _restore_one(job, r), not_converged=NOT_CONVERGED,
+                    hint=not_converged_hint(args))
 
 
 def _restore_one(job: Job, r: Restore) -> None:
@@ -94,6 +97,24 @@ def _restore_one(job: Job, r: Restore) -> None:
     with claimed(job, final) as ours:
         if ours and not already_done(job, final, overwrite=r.opts.overwrite, converged_key="all_faces_converged"):
             _restore_photo(job, final, r)
+
+
+def _gains(faces: list[Any], r: Restore) -> list[str]:
+    """Per face: ``""`` to restore it, else why it is skipped (:func:`pulse_sr.io.face_gain.judge_face`:
+    a face at least the generator's resolution has nothing to gain; ``--force`` restores it; a
+    face within an octave below it gets a warning note)."""
+    from pulse_sr.io.face_gain import SKIP, WARN, judge_face
+
+    skips = []
+    for face in faces:
+        if face.detection is None:  # the whole image, taken as an aligned face: the user asked
+            skips.append("")
+            continue
+        gain = judge_face(face, force=r.force)
+        if gain.decision == WARN:
+            face.notes.append(f"WARNING: {gain.reason}")
+        skips.append(gain.reason + " (--force restores it)" if gain.decision == SKIP else "")
+    return skips
 
 
 def _targets(photo: Any, faces: list[Any], r: Restore, name: str) -> list[Any]:
@@ -160,29 +181,36 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
     photo = load_photo(path, r.opts.max_pixels)
     resolution = int(r.generator.resolution)
     faces, notes = find_faces(photo, r.faces, resolution=resolution, framing=r.framing)
-    targets = _targets(photo, faces, r, str(path))
+    verbose(f"  {path.name}: load and find faces {time.perf_counter() - started:.2f} s")
+    skips = _gains(faces, r)
+    todo = [f for f, why in zip(faces, skips) if not why]
+    targets = _targets(photo, todo, r, str(path))
     run_info = {"n": r.opts.n, "seed": r.opts.seed, "device": r.opts.device}
     search_settings = {**resolve_settings(r.settings, r.generator).to_dict(), **run_info}  # what the search runs
+    name = str(r.generator.name)
     with staged_dir(final, overwrite=r.opts.overwrite) as tmp:
-        chosen, entries = [], []
-        for face, target in zip(faces, targets):
-            hr, entry = _search_face(tmp, face, target, r, search_settings, path)
+        chosen, done = [], {}
+        for face, target in zip(todo, targets):
+            hr, done[face.index] = _search_face(tmp, face, target, r, search_settings, path)
             chosen.append((hr, face.matrix))
-            entries.append(entry)
+        entries = [done.get(f.index) or {**f.record(), "skipped": why} for f, why in zip(faces, skips)]
         h, w = photo.shape[:2]
-        factor = output_scale(w, h, [f.face_pixels for f in faces], resolution,
+        factor = output_scale(w, h, [f.face_pixels for f in todo], resolution,
                               max_side=r.paste.max_side, scale=r.paste.scale)
-        feathers = [r.paste.feather if f.detection is not None else 0.0 for f in faces]
+        feathers = [r.paste.feather if f.detection is not None else 0.0 for f in todo]
+        verbose(f"  {path.name}: {len(chosen)} searches done at {time.perf_counter() - started:.2f} s")
         canvas, (sx, sy) = paste_faces(photo, chosen, scale=factor, feather=feathers)
-        save_png(canvas, tmp / "restored.png")
-        save_png(side_by_side(photo, canvas), tmp / "comparison.png")
-        all_conv = all(e["any_converged"] for e in entries)
+        # a photo with generated faces pasted in (none pasted: the photo, enlarged, unmarked)
+        kind = "composite" if chosen else None
+        save_png(canvas, tmp / "restored.png", provenance=kind, generator=name)
+        save_png(side_by_side(photo, canvas), tmp / "comparison.png", provenance=kind, generator=name)
+        all_conv = all(done[k]["any_converged"] for k in done)
         report = {
             "pulse_sr_version": version(),
             "input": {"path": path_text(path), "size": [int(w), int(h)], "notes": notes},
             "generator": r.generator.describe(),
             "settings": {**search_settings, "size": r.size, "pick": r.paste.pick, "feather": r.paste.feather,
-                         "face_mode": r.faces.mode},
+                         "face_mode": r.faces.mode, "force": r.force},
             "output": {"restored": "restored.png", "comparison": "comparison.png",
                        "size": [int(canvas.shape[2]), int(canvas.shape[1])], "scale": [sx, sy],
                        "background": "bicubic"},
@@ -196,8 +224,27 @@ def _restore_photo(job: Job, final: Path, r: Restore) -> None:
         }
         atomic_write_json(tmp / "report.json", json_safe(report))
     job.status, job.converged = "done", all_conv
-    msg = f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''} restored -> {final}"
-    if all_conv:
-        out(msg)
+    job.extra["faces"] = {"restored": len(todo), "skipped": len(faces) - len(todo)}
+    l2s = [e["picked_l2"] for e in done.values() if e.get("picked_l2") is not None]
+    job.extra.update(best_l2=max(l2s) if l2s else None, output=str(final))  # the photo's worst face
+    _photo_line(job, final, faces, skips, r, all_conv)
+
+
+def _photo_line(job: Job, final: Path, faces: list[Any], skips: list[str], r: Restore,
+                all_conv: bool) -> None:
+    """The photo's one line (stdout when all is well, else stderr), with the skipped and
+    warned faces on their own lines below it."""
+    n_done = sum(1 for why in skips if not why)
+    msg = f"{job.path}: {n_done} face{'s' if n_done != 1 else ''} restored"
+    if n_done < len(faces):
+        msg += (f", {len(faces) - n_done} left untouched (already at least the generator's resolution; "
+                "--force restores them)")
+    msg += f" -> {final}"
+    if all_conv:  # every photo's line goes to stderr, whatever its outcome
+        err(msg)
     else:
         err(f"{msg} (WARNING: some face has no candidate within eps={r.settings.eps:g}; pasted anyway)")
+    for face, why in zip(faces, skips):
+        warned = [n for n in face.notes if n.startswith("WARNING: ")]
+        if why or (warned and not r.opts.quiet):
+            err(f"  face {face.index}: " + (f"skipped: {why}" if why else warned[0]))

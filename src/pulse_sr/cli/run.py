@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pulse_sr.cli.common import (
-    Job, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args, out,
-    prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args,
+    Job, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args,
+    not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, verbose,
 )
 from pulse_sr.cli.options import (  # noqa: F401 - add_run_options, check_start re-exported for callers
     RunOptions, add_face_options, add_paste_options, add_run_options, check_start, frame_dirs,
@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="search faces for one or more low-resolution inputs",
-        description="For each INPUT (an image file, or a folder of .png/.jpg/.jpeg/.webp/.bmp/"
+        description="For each INPUT (an image file, or a folder of .png/.jpg/.jpeg/.webp/.bmp/.gif/"
         ".tif/.tiff files), search N faces whose degraded version matches it within EPS (bicubic "
         "downscale for a face of a valid size, block means for a detected mosaic, luma for a black-and-"
         "white input; --degradation, --noise-sigma) and write them to OUTDIR/<stem>/ with their "
@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce_compile(settings, generator, quiet=opts.quiet)
 
     jobs, failures = prepare_jobs(opts.inputs, opts.outdir, lambda p: result_dir(opts.outdir, p))
-    return run_jobs(jobs, failures, lambda job: _run_one(job, opts, generator, settings))
+    return run_jobs(jobs, failures, lambda job: _run_one(job, opts, generator, settings),
+                    hint=not_converged_hint(args))
 
 
 def _run_one(job: Job, opts: RunOptions, generator: Any, settings: Any) -> None:
@@ -84,9 +85,11 @@ def _search_and_write(job: Job, final: Path, opts: RunOptions, generator: Any, s
     path = job.path
     started = time.perf_counter()
     img, plan = _load_plan(path, opts, generator.resolution, settings.eps)
+    loaded = time.perf_counter()
     with staged_dir(final, overwrite=opts.overwrite) as tmp:
         frames = frame_dirs(tmp, opts.n, opts.save_intermediate)
         result = search_with_progress(path.name, opts, generator, plan.target, settings, frames, plan=plan)
+        searched = time.perf_counter()
         report = write_result_files(
             tmp, target=plan.image, result=result, generator=generator,
             settings={**result.settings.to_dict(), "n": opts.n, "seed": opts.seed, "device": opts.device},
@@ -99,11 +102,14 @@ def _search_and_write(job: Job, final: Path, opts: RunOptions, generator: Any, s
     best = report["candidates"][report["best_index"]]
     best_l2 = float("nan") if best["final_l2"] is None else best["final_l2"]
     job.status, job.converged = "done", n_conv > 0
+    job.extra.update(best_l2=best_l2, output=str(final))
+    verbose(f"  {path.name}: load {loaded - started:.2f} s, search {searched - loaded:.2f} s, "
+            f"write {time.perf_counter() - searched:.2f} s")
     what = f" [{plan.summary()}]"
     extended = sum(1 for c in report["candidates"] if c.get("left_range"))
     ext = f"; {extended} left the generator's range (extended search)" if extended else ""
-    if n_conv:
-        out(f"{path}: {n_conv}/{opts.n} candidates within {_within(plan, settings, False)} (best L2 {best_l2:.2e}){ext}"
+    if n_conv:  # every input's line goes to stderr, whatever its outcome
+        err(f"{path}: {n_conv}/{opts.n} candidates within {_within(plan, settings, False)} (best L2 {best_l2:.2e}){ext}"
             f"{what} -> {final}")
     else:
         err(f"{path}: WARNING no candidate within {_within(plan, settings, True)}; best L2 {best_l2:.2e}{ext}; "

@@ -25,8 +25,9 @@ def add_parser(sub: Any) -> None:
                    help="searches run at the same time (default 1: one per CPU worker)")
     p.add_argument("--max-upload-mb", type=positive_float, default=20.0,
                    help="largest upload in MB (default 20)")
-    p.add_argument("--max-pixels", type=int_at_least(16), default=4096 * 4096,
-                   help="largest upload in pixels (default 4096*4096)")
+    p.add_argument("--max-pixels", type=int_at_least(16), default=100_000_000,
+                   help="largest upload in pixels (default 100,000,000; larger photos are "
+                        "shrunk for detection, not refused)")
     p.add_argument("--max-candidates", type=int_at_least(1), default=8,
                    help="most candidates per search (default 8)")
     p.add_argument("--max-steps", type=int_at_least(1), default=1000,
@@ -85,6 +86,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     out(f"pulse-sr web app: open http://{shown}:{port}/")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         err(f"warning: listening on {args.host}: other computers on your network can use this server")
+    _log_jobs()
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
+
+
+def _log_jobs() -> None:
+    """One stderr line per job event (queued, started, finished with its time)."""
+    import logging
+    import sys
+
+    log = logging.getLogger("pulse_sr.web")
+    if not any(getattr(h, "_pulse_sr", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("pulse-sr: %(message)s"))
+        handler._pulse_sr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

@@ -123,15 +123,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         out(_wrap("SHA-256", _hash_note(entry)))
         out("")
     out("pulse-sr weights download NAME fetches one; pulse-sr weights info NAME shows URLs and notes.")
-    out("The default generator dcgan-digiface ships inside the gan-face-generate wheel (no download).")
+    out("The default generator dcgan-digiface ships inside the gan-face-generate wheel (no download); "
+        "pulse-sr weights info dcgan-digiface shows its card.")
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """``pulse-sr weights info NAME``: the full card."""
+    """``pulse-sr weights info NAME``: the full card (``dcgan-digiface``: the default generator's)."""
     from pulse_sr.weights.download import read_manifest
-    from pulse_sr.weights.zoo import entry_dir, file_url, format_size
+    from pulse_sr.weights.zoo import DEFAULT_CARD, entry_dir, file_url, format_size
 
+    if args.name == DEFAULT_CARD.name:
+        return _default_card(args)
     entry = _entry(args.name)
     if args.json:
         out(json.dumps(json_safe(_card_json(entry)), indent=2))
@@ -160,6 +163,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     out(_wrap("source", entry.source))
     if entry.notes:
         out(_wrap("notes", entry.notes))
+    return EXIT_OK
+
+
+def _default_card(args: argparse.Namespace) -> int:
+    """The default generator's card: embedded in an installed wheel, nothing to download."""
+    from pulse_sr.weights.zoo import DEFAULT_CARD as card
+
+    try:
+        from pulse_sr.generators.dcgan import find_digiface_weights
+
+        status = f"installed: {find_digiface_weights()}"
+    except Exception as e:  # noqa: BLE001 - the card is shown either way
+        status = f"not installed ({one_line(e)})"
+    if args.json:
+        out(json.dumps(json_safe({**card.to_dict(), "installed": status.startswith("installed"), "status": status}),
+                       indent=2))
+        return EXIT_OK
+    out(f"{card.name}: {card.title}  [{status}]")
+    out(f"  backend: {card.backend}   resolution: {card.resolution}x{card.resolution}   latent: {card.latent}")
+    out(_wrap("licence", card.licence))
+    out(_wrap("training data", card.training_data))
+    out(_wrap("what it means for real faces", card.biases))
+    out(_wrap("source", card.source))
+    out(_wrap("notes", card.notes))
     return EXIT_OK
 
 

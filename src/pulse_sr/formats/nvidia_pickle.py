@@ -423,15 +423,49 @@ def load_nvidia_pickle(path: str | os.PathLike) -> dict:
     return data
 
 
-def _plain(obj: Any) -> Any:
-    """EasyDictData -> dict, recursively through dicts, lists and tuples."""
+#: most nodes (containers and leaves) a record's plain data may expand to when copied
+MAX_PLAIN_NODES = 1_000_000
+#: deepest nesting of a record's plain data
+MAX_PLAIN_DEPTH = 200
+
+
+class _CopyBudget:
+    """Counts the nodes :func:`_plain` copies; refuses past ``max_nodes`` or ``max_depth``.
+
+    A pickle memoizes shared objects, so a few hundred bytes can describe a structure whose
+    every level references the next one twice: copying it branch by branch doubles the work
+    per level. Counting as we copy bounds that work however the data is shared.
+    """
+
+    def __init__(self, max_nodes: int | None = None, max_depth: int | None = None) -> None:
+        self.max_nodes = MAX_PLAIN_NODES if max_nodes is None else max_nodes
+        self.max_depth = MAX_PLAIN_DEPTH if max_depth is None else max_depth
+        self.nodes = 0
+
+    def visit(self, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise WeightsError(f"refused: the network's arguments expand to more than {self.max_nodes:,} "
+                               "values (a pickle that references its own data over and over)",
+                               nodes=self.nodes, max_nodes=self.max_nodes)
+        if depth > self.max_depth:
+            raise WeightsError(f"refused: the network's arguments nest deeper than {self.max_depth} levels",
+                               depth=depth, max_depth=self.max_depth, nodes=self.nodes)
+
+
+def _plain(obj: Any, budget: _CopyBudget | None = None, depth: int = 0) -> Any:
+    """EasyDictData -> dict, recursively through dicts, lists and tuples (a fresh copy of each
+    container), counted against ``budget`` (default limits: :data:`MAX_PLAIN_NODES` nodes,
+    :data:`MAX_PLAIN_DEPTH` levels); raises WeightsError beyond it."""
+    budget = budget if budget is not None else _CopyBudget()
+    budget.visit(depth)
     if isinstance(obj, dict):
-        out = {k: _plain(v) for k, v in obj.items()}
+        out = {k: _plain(v, budget, depth + 1) for k, v in obj.items()}
         return collections.OrderedDict(out) if type(obj) is collections.OrderedDict else out
     if type(obj) is list:
-        return [_plain(v) for v in obj]
+        return [_plain(v, budget, depth + 1) for v in obj]
     if type(obj) is tuple:
-        return tuple(_plain(v) for v in obj)
+        return tuple(_plain(v, budget, depth + 1) for v in obj)
     return obj
 
 
@@ -474,12 +508,18 @@ def network_state_dict(record: PersistentRecord) -> dict[str, torch.Tensor]:
     return out
 
 
-def network_kwargs(record: PersistentRecord) -> dict:
-    """The constructor keyword arguments (``init_kwargs``) of a top-level record, as plain dicts."""
+def network_kwargs(record: PersistentRecord, budget: _CopyBudget | None = None) -> dict:
+    """The constructor keyword arguments (``init_kwargs``) of a top-level record, as plain dicts.
+
+    The copy is bounded (``budget``, default :data:`MAX_PLAIN_NODES` nodes and
+    :data:`MAX_PLAIN_DEPTH` levels): a one-line WeightsError refuses data that expands beyond it."""
     _require_record(record, "network_kwargs")
     if "_init_kwargs" not in record.state:
         raise WeightsError(f"{record.class_name}: the network record has no init_kwargs")
     kwargs = record.state["_init_kwargs"]
     if not isinstance(kwargs, dict):
         raise WeightsError(f"{record.class_name}: the network record's init_kwargs is not a dict")
-    return dict(_plain(kwargs))
+    try:
+        return dict(_plain(kwargs, budget))
+    except WeightsError as exc:
+        raise WeightsError(f"{record.class_name}: {exc}", **exc.data) from None

@@ -12,14 +12,15 @@ a JSON object::
      "gaussian_fit": {"samples": int, "seed": int, "mean": [...], "std": [...]} or null,
      "pulse_sr_version": "..."}
 
-Loading runs no pickle at all (safetensors + json). A loaded generator keeps
-the *original* weights' hash (``weights_hash``), so Gaussian-fit caches carry
-over; a stored fit seeds that cache when it has no entry yet.
+Loading runs no pickle at all (safetensors + json) and trusts nothing in the file before
+checking it (:mod:`pulse_sr.generators.limits`). A loaded generator's ``weights_hash`` is
+the SHA-256 of the ``.safetensors`` file's own bytes (the original weights' hash is kept in
+``source`` as provenance only); a stored fit seeds the Gaussian-fit cache under that hash
+when it has no entry yet.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,119 +37,45 @@ SUFFIX = ".safetensors"
 BACKENDS = ("dcgan", "stylegan1", "stylegan2", "stylegan3")
 
 
-# -- constructor arguments, derived from an instance ---------------------------------------
-def _dcgan_constructor(gen: Any) -> dict[str, Any]:
-    # main.0: ConvTranspose2d(z_dim, base*8, ...); main.12: ConvTranspose2d(base, 3, ...)
-    return {"z_dim": int(gen.z_dim), "base_channels": int(gen.main[12].weight.shape[0])}
+_CLASSES = {
+    "dcgan": ("pulse_sr.generators.dcgan", "DCGANGenerator", None),
+    "stylegan1": ("pulse_sr.generators.stylegan1", "StyleGAN1Generator", 0),
+    "stylegan2": ("pulse_sr.generators.stylegan2", "StyleGAN2Generator", 0),
+    "stylegan3": ("pulse_sr.generators.stylegan3", "StyleGAN3Generator", 0),
+}
+#: safetensors dtype names -> torch dtypes (the ones a state dict entry may have)
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 
 
-def _stylegan1_constructor(gen: Any) -> dict[str, Any]:
-    syn = gen.synthesis_net
-    log2 = int(math.log2(gen.resolution))
-    # channels per stage s = 1 .. log2-1: nf(s) = min(int(fmap_base / 2**s), fmap_max)
-    channels = [int(block.epi2.noise.weight.shape[0]) for block in syn.blocks.values()]
-    fmap_max = max(channels)
+def _backend_class(backend: str) -> tuple[Any, int | None]:
+    """``(generator class, init seed or None)`` of a backend name (imported on first use)."""
+    import importlib
 
-    def nf_list(fmap_base: int) -> list[int]:
-        return [min(int(fmap_base / 2.0**s), fmap_max) for s in range(1, log2)]
-
-    candidates = [8192] + [c * 2**s for s, c in enumerate(channels, start=1)]
-    fmap_base = next((b for b in candidates if nf_list(b) == channels), None)
-    if fmap_base is None:  # cannot happen for a module built by StyleGAN1Generator
-        raise ValueError(f"stylegan1: cannot derive fmap_base from channels {channels}")
-    return {
-        "resolution": int(gen.resolution),
-        "w_dim": int(gen.w_dim),
-        "z_dim": int(gen.z_dim),
-        "mapping_layers": int(gen.mapping_net.num_layers),
-        "fmap_base": int(fmap_base),
-        "fmap_max": int(fmap_max),
-    }
-
-
-def _stylegan2_constructor(gen: Any) -> dict[str, Any]:
-    from pulse_sr.generators.stylegan2 import RESAMPLE_FILTER
-    from pulse_sr.generators.stylegan2_ops import setup_filter
-
-    syn, mapping = gen.synthesis_net, gen.mapping_net
-    blocks = list(syn.blocks())
-    channels = {b.resolution: int(b.conv1.weight.shape[0]) for b in blocks}
-    channel_max = max(channels.values())
-
-    def channel_dict(base: int) -> dict[int, int]:
-        return {r: min(base // r, channel_max) for r in channels}
-
-    candidates = [32768] + [c * r for r, c in sorted(channels.items(), reverse=True)]
-    channel_base = next((b for b in candidates if channel_dict(b) == channels), None)
-    if channel_base is None:
-        raise ValueError(f"stylegan2: cannot derive channel_base from channels {channels}")
-    buf = blocks[0].resample_filter.detach().cpu().float()
-    if tuple(buf.shape) == (len(RESAMPLE_FILTER),) * 2 and torch.equal(buf, setup_filter(RESAMPLE_FILTER)):
-        resample_filter = [float(t) for t in RESAMPLE_FILTER]
-    else:  # outer(f, f) / sum(f)^2: its row sums are f / sum(f), which rebuilds the same filter
-        resample_filter = [float(t) for t in buf.sum(dim=1).tolist()]
-    layer = blocks[0].conv1
-    w_avg_beta = mapping.w_avg_beta
-    return {
-        "z_dim": int(gen.z_dim),
-        "w_dim": int(gen.w_dim),
-        "img_resolution": int(gen.img_resolution),
-        "img_channels": int(gen.img_channels),
-        "c_dim": 0,
-        "channel_base": int(channel_base),
-        "channel_max": int(channel_max),
-        "num_fp16_res": int(gen.num_fp16_res),
-        "conv_clamp": None if layer.conv_clamp is None else float(layer.conv_clamp),
-        "architecture": "skip",
-        "resample_filter": resample_filter,
-        "use_noise": bool(syn.use_noise),
-        "activation": "lrelu",
-        "mapping_kwargs": {
-            "num_layers": int(mapping.num_layers),
-            "lr_multiplier": float(mapping.fc0.lr_multiplier),
-            "w_avg_beta": None if w_avg_beta is None else float(w_avg_beta),
-        },
-        "fused_modconv": bool(gen.fused_modconv),
-    }
+    module, name, seed = _CLASSES[backend]
+    return getattr(importlib.import_module(module), name), seed
 
 
 def generator_constructor(gen: FaceGenerator) -> tuple[str, dict[str, Any]]:
-    """``(backend, constructor kwargs)`` that rebuild a module with ``gen``'s architecture."""
-    from pulse_sr.generators.dcgan import DCGANGenerator
-    from pulse_sr.generators.stylegan1 import StyleGAN1Generator
-    from pulse_sr.generators.stylegan2 import StyleGAN2Generator
-    from pulse_sr.generators.stylegan3 import StyleGAN3Generator
-
-    if isinstance(gen, DCGANGenerator):
-        return "dcgan", _dcgan_constructor(gen)
-    if isinstance(gen, StyleGAN1Generator):
-        return "stylegan1", _stylegan1_constructor(gen)
-    if isinstance(gen, StyleGAN2Generator):
-        return "stylegan2", _stylegan2_constructor(gen)
-    if isinstance(gen, StyleGAN3Generator):  # it records its own (JSON-safe) constructor arguments
-        return "stylegan3", json.loads(json.dumps(gen.constructor_kwargs))
-    raise WeightsError(f"cannot save a {type(gen).__name__} (backend {getattr(gen, 'backend', '?')!r}): "
-                       f"supported backends are {', '.join(BACKENDS)}")
+    """``(backend, constructor kwargs)`` that rebuild a module with ``gen``'s architecture: the
+    generator's own record of its (JSON-safe) constructor arguments."""
+    backend = getattr(gen, "backend", "?")
+    if backend not in BACKENDS:
+        raise WeightsError(f"cannot save a {type(gen).__name__} (backend {backend!r}): "
+                           f"supported backends are {', '.join(BACKENDS)}")
+    return backend, gen.constructor_args()
 
 
-def _build(backend: str, constructor: Mapping[str, Any]) -> FaceGenerator:
-    """A fresh module (its random init does not touch torch's global RNG)."""
+def _build(backend: str, constructor: Mapping[str, Any],
+           shapes: Mapping[str, tuple[int, ...]] | None = None) -> FaceGenerator:
+    """A fresh module (its random init does not touch torch's global RNG), built only once its
+    arguments, size and (given) tensor shapes are validated (:mod:`pulse_sr.generators.limits`)."""
+    from pulse_sr.generators.limits import build_checked
+
+    cls, seed = _backend_class(backend)
     with torch.random.fork_rng(devices=[]):
-        if backend == "dcgan":
-            from pulse_sr.generators.dcgan import DCGANGenerator
-
-            return DCGANGenerator(**constructor)
-        if backend == "stylegan1":
-            from pulse_sr.generators.stylegan1 import StyleGAN1Generator
-
-            return StyleGAN1Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
-        if backend == "stylegan3":
-            from pulse_sr.generators.stylegan3 import StyleGAN3Generator
-
-            return StyleGAN3Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
-        from pulse_sr.generators.stylegan2 import StyleGAN2Generator
-
-        return StyleGAN2Generator(**constructor, init_generator=torch.Generator().manual_seed(0))
+        return build_checked(cls, constructor, shapes=shapes, seed=seed, what=f"{backend} generator in its metadata")
 
 
 # -- saving --------------------------------------------------------------------------------
@@ -191,8 +118,10 @@ def save_generator(gen: FaceGenerator, path: str | Path, *, gaussian_fit: Any = 
         if t.is_floating_point():
             t = t.to(torch.float32)
         tensors[key] = t.contiguous().clone()  # own storage: safetensors refuses shared tensors
-    source = getattr(gen, "_pulse_sr_own_source", None)
-    if not (isinstance(source, dict) and source.get("sha256") == gen.weights_hash):
+    loaded = getattr(gen, "_pulse_sr_own_source", None)
+    if isinstance(loaded, dict) and loaded.get("file_sha256") == gen.weights_hash:  # re-saving a loaded file
+        source = {"path": str(loaded.get("path", "")), "sha256": str(loaded.get("sha256", ""))}
+    else:
         where = str(gen.weights_source or "")
         source = {"path": Path(where).name if where else "", "sha256": str(gen.weights_hash or "")}
     meta = {
@@ -235,6 +164,8 @@ def _open(path: Path) -> tuple[dict[str, Any], Any]:
         meta = json.loads(text)
     except ValueError as exc:
         raise WeightsError(f"{path}: invalid pulse-sr metadata (not JSON: {exc})") from None
+    except RecursionError:
+        raise WeightsError(f"{path}: invalid pulse-sr metadata (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: invalid pulse-sr metadata (expected a JSON object)")
     version = meta.get("format_version")
@@ -281,17 +212,45 @@ def _seed_fit_cache(weights_hash: str, fit: tuple[int, int, Tensor, Tensor]) -> 
     store_gaussian_fit(weights_hash, mean, std, samples=samples, seed=seed, overwrite=False)
 
 
+def _header(path: Path, handle: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``key -> (shape, safetensors dtype name)`` from the file's header (no tensor is read)."""
+    try:
+        out = {}
+        for key in handle.keys():
+            view = handle.get_slice(key)
+            out[key] = (tuple(int(n) for n in view.get_shape()), str(view.get_dtype()))
+        return out
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise WeightsError(f"{path}: cannot read tensors ({type(exc).__name__}: {detail})") from None
+
+
 def load_own(path: str | Path, *, device: str | torch.device = "cpu") -> FaceGenerator:
     """Load a generator from pulse-sr's ``.safetensors`` format (strict keys and shapes), in eval
-    mode with frozen parameters. ``weights_hash`` is the original weights' SHA-256."""
+    mode with frozen parameters.
+
+    Nothing the file says is trusted before it is checked: the constructor arguments, the
+    network's size and the header's tensor shapes and dtypes are validated before the module is
+    allocated; tensor values must be finite. ``weights_hash`` is the SHA-256 of this file's bytes
+    (the original weights' hash stays in the metadata's ``source``, as provenance)."""
+    from pulse_sr.generators.base import file_sha256
+    from pulse_sr.generators.limits import check_dtype, check_tensors
+
     path = Path(path)
     meta, handle = _open(path)
     backend, constructor = meta["backend"], meta["constructor"]
+    header = _header(path, handle)
     try:
-        gen = _build(backend, constructor)
-    except (TypeError, ValueError, WeightsError) as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise WeightsError(f"{path}: cannot build the {backend} generator from its metadata ({detail})") from None
+        gen = _build(backend, constructor, {key: shape for key, (shape, _) in header.items()})
+        expected = gen.state_dict()
+        for key, (_, dtype) in header.items():
+            if dtype not in _DTYPES:
+                raise WeightsError(f"tensor {key}: dtype {dtype} cannot be used", tensor=key)
+            check_dtype(key, _DTYPES[dtype], expected[key].dtype)
+    except WeightsError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise WeightsError(f"{path}: cannot build the {backend} generator from its metadata ({detail})",
+                           **exc.data) from None
     try:
         state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:
@@ -300,13 +259,18 @@ def load_own(path: str | Path, *, device: str | torch.device = "cpu") -> FaceGen
     problems = state_dict_mismatch(state, gen)
     if problems:
         raise WeightsError(f"{path}: tensors do not match the {backend} generator in its metadata: {problems}")
+    try:
+        check_tensors(state, gen)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}", **exc.data) from None
     gen.load_state_dict(state, strict=True)
     fit = _checked_fit(path, meta.get("gaussian_fit"), int(gen.w_dim)) if gen.has_mapping else None
     source = meta["source"]
     gen.name = meta.get("name") or backend
-    gen.weights_hash = source.get("sha256", "")
+    gen.weights_hash = file_sha256(path)  # from the bytes, never from the metadata
     gen.weights_source = str(path)
-    gen._pulse_sr_own_source = {"path": source.get("path", ""), "sha256": gen.weights_hash}
+    gen._pulse_sr_own_source = {"path": source.get("path", ""), "sha256": source.get("sha256", ""),
+                                "file_sha256": gen.weights_hash}
     if fit is not None:
         _seed_fit_cache(gen.weights_hash, fit)
     return gen.eval().requires_grad_(False).to(device)

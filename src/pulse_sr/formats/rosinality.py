@@ -268,6 +268,9 @@ def rosinality_to_nvidia(g_ema: Mapping[str, Tensor], *, latent_avg: Tensor | No
         "channel_base": base, "channel_max": cmax,
         "mapping_kwargs": {"num_layers": geo["n_mlp"], "lr_multiplier": float(lr_mlp)},
     }
+    from pulse_sr.generators.limits import check_arguments
+
+    check_arguments(kwargs)  # sizes inferred from the tensors' shapes are bounded before any build
     try:
         with torch.device("meta"):  # shapes only, no memory, no init cost
             template = StyleGAN2Generator(**kwargs).state_dict()

@@ -20,10 +20,13 @@ Noise is always explicit: no generator keeps hidden random buffers.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from pulse_sr.io.align import FFHQ_FRAMING, Framing
 
 
 class FaceGenerator(nn.Module):
@@ -45,6 +48,22 @@ class FaceGenerator(nn.Module):
     weights_source: str = ""
     #: human name of the weights (``"dcgan-digiface"``, ``"stylegan1"`` ...)
     name: str = ""
+    #: where the FFHQ face quad lies in this generator's output (face alignment crops to it);
+    #: FFHQ's for StyleGAN backends, set per backend (class) or per weights (instance)
+    framing: Framing = FFHQ_FRAMING
+
+    def record_constructor(self, **kwargs: Any) -> None:
+        """Remember the keyword arguments that rebuild this module (called by ``__init__``);
+        values are made JSON-safe here (numpy scalars -> numbers, tuples -> lists)."""
+        self._constructor_args = json.loads(json.dumps(_json_safe(kwargs), allow_nan=False))
+
+    def constructor_args(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild a module of this architecture (a JSON-safe copy);
+        pulse-sr's own weights format stores them."""
+        args = self.__dict__.get("_constructor_args")
+        if args is None:
+            raise NotImplementedError(f"{type(self).__name__} does not record its constructor arguments")
+        return json.loads(json.dumps(args))
 
     def mapping(self, z: Tensor) -> Tensor:
         """``z [N, z_dim] -> w [N, w_dim]``."""
@@ -111,6 +130,18 @@ class FaceGenerator(nn.Module):
             "weights_sha256": self.weights_hash,
             "weights_source": self.weights_source,
         }
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars -> Python numbers, tuples -> lists, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    item = getattr(value, "item", None)
+    if item is not None and not isinstance(value, (bool, int, float, str)):
+        return item()
+    return value
 
 
 def state_dict_mismatch(state: "dict[str, Tensor] | object", module: nn.Module) -> str:

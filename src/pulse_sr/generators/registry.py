@@ -142,7 +142,10 @@ def load_nvidia_generator(path: Path, device: str | torch.device = "cpu") -> Fac
     record = data.get("G_ema")
     if record is None:
         raise WeightsError(f"{path}: no G_ema network in this pickle (keys: {', '.join(map(str, data))})")
-    state, kwargs = network_state_dict(record), network_kwargs(record)
+    try:
+        state, kwargs = network_state_dict(record), network_kwargs(record)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}", **exc.data) from None
     if "synthesis.input.freqs" in state:  # StyleGAN3's Fourier-feature input layer
         from pulse_sr.generators.stylegan3 import load_stylegan3_state_dict as load_state_dict
     else:

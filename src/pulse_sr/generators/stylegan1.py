@@ -290,6 +290,8 @@ class StyleGAN1Generator(FaceGenerator):
         self.resolution = resolution
         self.w_dim = w_dim
         self.z_dim = w_dim if z_dim is None else z_dim
+        self.record_constructor(resolution=resolution, w_dim=w_dim, z_dim=self.z_dim, mapping_layers=mapping_layers,
+                                fmap_base=fmap_base, fmap_max=fmap_max)
         self.synthesis_net = SynthesisNetwork(resolution, w_dim, fmap_base, fmap_max)
         self.mapping_net = MappingNetwork(self.z_dim, w_dim, mapping_layers)
         self.num_ws = 2 * int(math.log2(resolution)) - 2
@@ -390,9 +392,19 @@ def load_stylegan1(weights_dir: str | Path, *, device: str | torch.device = "cpu
     syn_path, map_path = folder / "synthesis.pt", folder / "mapping.pt"
     syn_state = _read_state_dict(syn_path)
     map_state = _read_state_dict(map_path)
-    gen = StyleGAN1Generator(resolution=_infer_resolution(syn_state))
+    from pulse_sr.generators.limits import build_checked, check_tensors
+
+    try:  # the inferred resolution is bounded before anything is allocated
+        gen = build_checked(StyleGAN1Generator, {"resolution": _infer_resolution(syn_state)}, what="StyleGAN1 generator")
+    except WeightsError as exc:
+        raise WeightsError(f"{syn_path}: {exc}", **exc.data) from None
     _check_keys(syn_path, "synthesis", syn_state, gen.synthesis_net)
     _check_keys(map_path, "mapping", map_state, gen.mapping_net)
+    for where, state, module in ((syn_path, syn_state, gen.synthesis_net), (map_path, map_state, gen.mapping_net)):
+        try:
+            check_tensors(state, module)
+        except WeightsError as exc:
+            raise WeightsError(f"{where}: {exc}", **exc.data) from None
     gen.synthesis_net.load_state_dict(syn_state, strict=True)
     gen.mapping_net.load_state_dict(map_state, strict=True)
     gen.name = "stylegan1"

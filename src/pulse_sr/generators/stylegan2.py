@@ -342,6 +342,12 @@ class StyleGAN2Generator(NvidiaSubnetworks):
                  activation: str = "lrelu", mapping_kwargs: Mapping[str, Any] | None = None,
                  fused_modconv: bool = True, init_generator: torch.Generator | None = None) -> None:
         super().__init__()
+        self.record_constructor(
+            z_dim=z_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, c_dim=c_dim,
+            channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res,
+            conv_clamp=None if conv_clamp is None else float(conv_clamp), architecture=architecture,
+            resample_filter=[float(t) for t in resample_filter], use_noise=use_noise, activation=activation,
+            mapping_kwargs=dict(mapping_kwargs or {}), fused_modconv=fused_modconv)
         if c_dim != 0:
             raise ValueError(f"stylegan2: conditional generators are not supported (c_dim={c_dim})")
         if architecture != "skip":
@@ -367,6 +373,12 @@ class StyleGAN2Generator(NvidiaSubnetworks):
         self.has_mapping = True
         self.set_fused_modconv(fused_modconv)
         self.reset_parameters(init_generator)
+
+    def constructor_args(self) -> dict[str, Any]:
+        """The recorded constructor arguments, with the current ``fused_modconv`` choice."""
+        args = super().constructor_args()
+        args["fused_modconv"] = bool(self.fused_modconv)
+        return args
 
     def set_fused_modconv(self, fused: bool) -> None:
         """Choose the grouped-conv (``True``) or scale-activations (``False``) modulated conv everywhere."""
@@ -427,12 +439,20 @@ def check_state_dict(state: Mapping[str, Any], gen: nn.Module, what: str = "Styl
 def load_stylegan2_state_dict(state: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
                               device: str | torch.device = "cpu") -> StyleGAN2Generator:
     """Build ``StyleGAN2Generator`` from NVIDIA's init kwargs and load ``G_ema``'s state dict (strict keys
-    and shapes), in eval mode with frozen parameters. Tensors are converted to float32."""
-    try:
-        gen = StyleGAN2Generator(**stylegan2_kwargs(kwargs))
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"stylegan2: cannot build the generator: {exc}") from None
-    check_state_dict(state, gen)
+    and shapes), in eval mode with frozen parameters. Arguments, size, shapes, dtypes and values are
+    validated first (:mod:`pulse_sr.generators.limits`); tensors are converted to float32."""
+    from pulse_sr.generators.limits import build_checked, check_tensors
+
+    ctor = stylegan2_kwargs(kwargs)
+    bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    if bad:
+        raise WeightsError(f"StyleGAN2 state dict: non-tensor values for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:  # arguments checked and shapes compared on the meta device before any allocation
+        gen = build_checked(StyleGAN2Generator, ctor, shapes=shapes, what="StyleGAN2 generator")
+    except WeightsError as exc:
+        raise WeightsError(f"stylegan2: {exc}", **exc.data) from None
+    check_tensors(state, gen)
     gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     gen.name = "stylegan2"
     return gen.eval().requires_grad_(False).to(device)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pulse_sr.errors import WeightsError
 from pulse_sr.generators.stylegan2 import (
-    FullyConnectedLayer, MappingNetwork as _SG2Mapping, NvidiaSubnetworks, check_state_dict,
+    FullyConnectedLayer, MappingNetwork as _SG2Mapping, NvidiaSubnetworks,
 )
 from pulse_sr.generators.stylegan3_ops import design_lowpass_filter, filtered_lrelu, modulated_conv2d
 
@@ -324,6 +324,7 @@ class StyleGAN3Generator(NvidiaSubnetworks):
             "mapping_kwargs": {k: (None if v is None else (int(v) if k == "num_layers" else float(v)))
                                for k, v in mk.items()},
         }
+        self.record_constructor(**self.constructor_kwargs)
         self.z_dim, self.w_dim = z_dim, w_dim
         self.resolution = self.img_resolution = img_resolution
         self.img_channels = img_channels
@@ -388,13 +389,20 @@ def stylegan3_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def load_stylegan3_state_dict(state: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
                               device: str | torch.device = "cpu") -> StyleGAN3Generator:
     """Build ``StyleGAN3Generator`` from NVIDIA's init kwargs and load ``G_ema``'s state dict (strict keys
-    and shapes), in eval mode with frozen parameters. Tensors are converted to float32."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            gen = StyleGAN3Generator(**stylegan3_kwargs(kwargs), init_generator=torch.Generator().manual_seed(0))
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"stylegan3: cannot build the generator: {exc}") from None
-    check_state_dict(state, gen, "StyleGAN3")
+    and shapes), in eval mode with frozen parameters. Arguments, size, shapes, dtypes and values are
+    validated first (:mod:`pulse_sr.generators.limits`); tensors are converted to float32."""
+    from pulse_sr.generators.limits import build_checked, check_tensors
+
+    ctor = stylegan3_kwargs(kwargs)
+    bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    if bad:
+        raise WeightsError(f"StyleGAN3 state dict: non-tensor values for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:  # arguments checked and shapes compared on the meta device before any allocation
+        gen = build_checked(StyleGAN3Generator, ctor, shapes=shapes, seed=0, what="StyleGAN3 generator")
+    except WeightsError as exc:
+        raise WeightsError(f"stylegan3: {exc}", **exc.data) from None
+    check_tensors(state, gen)
     gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     gen.name = "stylegan3"
     return gen.eval().requires_grad_(False).to(device)

@@ -54,7 +54,8 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, 
     transition width ``width`` (both in the units of the sampling rate ``fs``),
     normalised to unit DC gain. Radial: 2-D ``[numtaps, numtaps]`` windowed
     jinc (circularly symmetric), window = outer product of the 1-D Kaiser
-    window, normalised to unit sum. Computed in float64.
+    window, normalised to unit sum. Computed in float64, always on the CPU (also inside a
+    ``torch.device("meta")`` build, which only needs shapes).
     """
     if numtaps < 1:
         raise ValueError(f"numtaps must be >= 1, got {numtaps}")
@@ -67,13 +68,13 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float, 
         m = np.arange(numtaps) - (numtaps - 1) / 2
         c = cutoff / nyq
         h = c * np.sinc(c * m) * window
-        return torch.as_tensor(h / h.sum(), dtype=torch.float32)
+        return torch.as_tensor(h / h.sum(), dtype=torch.float32, device="cpu")
     x = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
-    r = torch.as_tensor(np.hypot(*np.meshgrid(x, x)), dtype=torch.float64)
+    r = torch.as_tensor(np.hypot(*np.meshgrid(x, x)), dtype=torch.float64, device="cpu")
     if bool((r == 0).any()):
         raise ValueError("radial filters need an even number of taps")
     f = torch.special.bessel_j1(2 * cutoff * math.pi * r) / (math.pi * r)
-    f = f * torch.as_tensor(np.outer(window, window))
+    f = f * torch.as_tensor(np.outer(window, window), device="cpu")
     return (f / f.sum()).to(torch.float32)
 
 

@@ -83,16 +83,25 @@ class Framing:
 
 
 FFHQ_FRAMING = Framing()
-#: Generators whose faces are framed unlike FFHQ. dcgan-digiface: measured on 151 of its
-#: faces that dlib found (256 samples, upscaled to 256 px): the quad centre sits at
-#: (0.506, 0.505) of the frame (rounded to the centre) and its side is 1.28 frames
-#: (std 0.07): DigiFace crops are tighter than FFHQ's.
-FRAMINGS: dict[str, Framing] = {"dcgan-digiface": Framing(0.5, 0.5, 1.28)}
+#: dcgan-digiface's framing: measured on 151 of its faces that dlib found (256 samples, upscaled
+#: to 256 px): the quad centre sits at (0.506, 0.505) of the frame (rounded to the centre) and
+#: its side is 1.28 frames (std 0.07): DigiFace crops are tighter than FFHQ's.
+DIGIFACE_FRAMING = Framing(0.5, 0.5, 1.28)
+#: Deprecated (read ``generator.framing``): the framing of built-in generators by name, for
+#: :func:`framing_for` callers that only have a name. Each backend sets its own ``framing``.
+FRAMINGS: dict[str, Framing] = {"dcgan-digiface": DIGIFACE_FRAMING}
 
 
-def framing_for(generator_name: str) -> Framing:
-    """The framing of a generator by name (FFHQ's for names not in :data:`FRAMINGS`)."""
-    return FRAMINGS.get(generator_name, FFHQ_FRAMING)
+def framing_for(generator: Any) -> Framing:
+    """The framing of a generator: its ``framing`` attribute.
+
+    Deprecated for a name (a ``str``): gives the framing of the built-in generator of that
+    name (:data:`FRAMINGS`, FFHQ's for any other name). Pass the generator instead.
+    """
+    framing = getattr(generator, "framing", None)
+    if isinstance(framing, Framing):
+        return framing
+    return FRAMINGS.get(str(generator), FFHQ_FRAMING)
 
 
 # -- dlib ------------------------------------------------------------------------------------

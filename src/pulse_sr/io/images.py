@@ -301,6 +301,16 @@ def png_bytes(img: Tensor) -> bytes:
     return buf.getvalue()
 
 
-def save_png(img: Tensor, path: str | os.PathLike[str]) -> None:
-    """Save ``[3, H, W]`` in [0, 1] as an 8-bit RGB PNG, atomically."""
-    atomic_write_bytes(path, png_bytes(img))
+def save_png(img: Tensor, path: str | os.PathLike[str], *, provenance: str | None = None,
+             generator: str = "") -> None:
+    """Save ``[3, H, W]`` in [0, 1] as an 8-bit RGB PNG, atomically.
+
+    ``provenance`` (``"generated"`` or ``"composite"``): the file carries pulse-sr's
+    provenance chunks naming ``generator`` (:mod:`pulse_sr.io.provenance`); ``None`` for
+    the user's own pixels (``input.png``, aligned crops of their photo)."""
+    data = png_bytes(img)
+    if provenance is not None:
+        from pulse_sr.io.provenance import png_with_provenance
+
+        data = png_with_provenance(data, provenance, generator)  # type: ignore[arg-type]
+    atomic_write_bytes(path, data)

@@ -49,10 +49,12 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     Files: ``input.png`` (the ``[1, 3, h, w]`` or ``[3, h, w]`` target in [0, 1]), per candidate
     ``hr_KK.png`` and ``lr_KK.png`` (its own downscale: the proof), ``search_KK.gif`` when
     ``frames_dirs`` (one folder of ``step_*.png`` per candidate) are given, and ``report.json``
-    last. ``started``: a ``time.perf_counter()`` value. ``matched``: the ``[C, s, s]`` observation
-    the candidates were matched against when it is not ``target`` itself (the luma of a grey input,
-    the block grid of a mosaic), written as ``target.png``: each ``lr_KK.png`` compares with it.
-    Returns the report dict (JSON-safe).
+    last. Every generated image carries provenance (:mod:`pulse_sr.io.provenance`: IPTC
+    ``trainedAlgorithmicMedia`` and "generated, not recovered"); ``input.png`` does not.
+    ``matched``: the ``[C, s, s]`` observation the candidates were matched against when it is not
+    ``target`` itself (the luma of a grey input, the block grid of a mosaic), written as
+    ``target.png``: each ``lr_KK.png`` compares with it.
+    ``started``: a ``time.perf_counter()`` value. Returns the report dict (JSON-safe).
     """
     import torch
 
@@ -61,20 +63,21 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
 
     candidates = result.candidates()
     cw = max(2, len(str(len(candidates) - 1)))
-    save_png(target, folder / "input.png")
+    save_png(target, folder / "input.png")  # the user's pixels: no provenance chunks
     files_matched = "input.png"
     if matched is not None:
-        save_png(matched, folder / "target.png")
+        save_png(matched, folder / "target.png")  # the user's pixels as matched: no provenance chunks
         files_matched = "target.png"
+    name = str(getattr(generator, "name", "") or "unknown")
     entries = []
     for c in candidates:
         files = {"hr": f"hr_{c.index:0{cw}d}.png", "lr": f"lr_{c.index:0{cw}d}.png"}
-        save_png(c.hr, folder / files["hr"])
-        save_png(c.lr, folder / files["lr"])
+        save_png(c.hr, folder / files["hr"], provenance="generated", generator=name)
+        save_png(c.lr, folder / files["lr"], provenance="generated", generator=name)
         if frames_dirs:
             files["frames"] = f"intermediate/cand_{c.index:0{cw}d}"
             files["gif"] = f"search_{c.index:0{cw}d}.gif"
-            write_gif(frames_dirs[c.index], folder / files["gif"])
+            write_gif(frames_dirs[c.index], folder / files["gif"], generator=name)
         entries.append({**c.summary(), "files": files})
     l2s = [c.l2 for c in candidates]
     best = min(range(len(l2s)), key=lambda k: (l2s[k] != l2s[k], l2s[k]))  # nan last
@@ -97,10 +100,14 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     return report
 
 
-def write_gif(frames_dir: Path, dest: Path, max_side: int = 256) -> None:
+def write_gif(frames_dir: Path, dest: Path, max_side: int = 256, *, generator: str = "unknown") -> None:
     """Animated GIF of the ``step_*.png`` frames in ``frames_dir`` (80 ms each, looping), at
-    most ``max_side`` pixels; nothing when there are no frames."""
+    most ``max_side`` pixels, with the provenance comment naming ``generator`` (GIF has no
+    XMP: :func:`pulse_sr.io.provenance.gif_comment`); nothing when there are no frames."""
     from PIL import Image
+
+    from pulse_sr.io.files import atomic_write_bytes
+    from pulse_sr.io.provenance import gif_bytes
 
     files = sorted(frames_dir.glob("step_*.png"))
     if not files:
@@ -112,5 +119,4 @@ def write_gif(frames_dir: Path, dest: Path, max_side: int = 256) -> None:
             if max(im.size) > max_side:
                 im = im.resize((max_side, max_side), Image.Resampling.LANCZOS)
             frames.append(im.copy())
-    frames[0].save(dest, format="GIF", save_all=True, append_images=frames[1:], duration=80,
-                   loop=0)
+    atomic_write_bytes(dest, gif_bytes(frames, "generated", generator, duration=80, loop=0))

@@ -24,19 +24,10 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
+from pulse_sr.cache import inductor_cache_dir as default_cache_dir
 from pulse_sr.generators.base import FaceGenerator
 
 SynthesisFn = Callable[[Tensor, "Sequence[Tensor] | None"], Tensor]
-
-
-def default_cache_dir() -> str:
-    """pulse-sr's folder for compiled kernels (``PULSE_SR_CACHE``/inductor or the user cache)."""
-    base = os.environ.get("PULSE_SR_CACHE")
-    if not base:
-        from platformdirs import user_cache_dir
-
-        base = user_cache_dir("pulse-sr")
-    return os.path.join(base, "inductor")
 
 
 class CompiledSynthesis:

@@ -13,12 +13,13 @@ stores the result per weights file in the user cache directory.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pulse_sr.cache import default_cache_dir
 
 #: CPU ``randn`` fills float tensors in blocks of this many values
 _RANDN_BLOCK = 16
@@ -84,16 +85,6 @@ def fit_gaussian(generator: torch.nn.Module, *, samples: int = DEFAULT_SAMPLES, 
     # outside inference mode: plain tensors the search can use under autograd
     std = (m2 / (count - 1)).sqrt()
     return mean.float().clone(), std.float().clone()
-
-
-def default_cache_dir() -> Path:
-    """``$PULSE_SR_CACHE`` if set, else the platform's user cache dir for ``pulse-sr``."""
-    env = os.environ.get("PULSE_SR_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("pulse-sr"))
 
 
 def gaussian_fit_cache_path(weights_hash: str, samples: int, seed: int, cache_dir: str | Path | None = None) -> Path:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from pulse_sr.generators.base import FaceGenerator
+from pulse_sr.search.seeds import stream_seed
 from pulse_sr.search.settings import SearchSettings
 
 
@@ -106,9 +107,10 @@ def _onto_prior_sphere(generator: FaceGenerator, latent: Tensor) -> Tensor:
     return latent * (generator.w_dim**0.5 / latent.norm(dim=-1, keepdim=True))
 
 
-#: pool draws of candidate k come from ``torch.Generator().manual_seed(POOL_SEED_BASE + seed + k)``,
-#: a stream apart from the PULSE draws (seeded ``seed + k``)
-POOL_SEED_BASE = 1 << 40
+#: pool draws of candidate k come from ``manual_seed(stream_seed(POOL_STREAM, seed, k))``, a stream
+#: apart from the PULSE draws (seeded ``seed + k``). It used to be seeded ``(1 << 40) + seed + k``,
+#: which a CPU generator truncates to ``seed + k``: the pool's first draw repeated the start.
+POOL_STREAM = "start-pool"
 
 
 def best_of_pool(
@@ -131,7 +133,7 @@ def best_of_pool(
     chunk = settings.max_batch or pool
     chosen = []
     for k in range(n):
-        rng = torch.Generator().manual_seed(POOL_SEED_BASE + seed + k)
+        rng = torch.Generator().manual_seed(stream_seed(POOL_STREAM, seed, k))
         extra = _onto_prior_sphere(generator, torch.randn((pool - 1, layers, dim), generator=rng))
         draws = torch.cat([start.latent[k:k + 1], extra.to(start.latent.device)])
         scores = []

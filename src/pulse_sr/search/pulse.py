@@ -210,13 +210,15 @@ def pulse_search(
 
 def make_state(generator: FaceGenerator, target: Tensor, *, n: int, seed: int, settings: SearchSettings,
                device: str | torch.device | None = None, gaussian_fit: tuple[Tensor, Tensor] | None = None,
-               operator: Degradation | None = None, mask: Tensor | None = None, threshold: float | None = None,
-               callback: Callback | None = None, callback_images: bool = False) -> SearchState:
+               operator: Degradation | None = None, mask: Tensor | None = None,
+               callback: Callback | None = None, callback_images: bool = False,
+               threshold: float | None = None) -> SearchState:
     """The state of a search of ``n`` candidates of one input, before any step (``settings`` as run:
-    see :func:`resolve_settings`). Arguments as :func:`pulse_search`'s (``threshold`` None: eps)."""
+    see :func:`resolve_settings`). Arguments as :func:`pulse_search`'s; ``threshold``: the input's
+    match threshold (default ``settings.eps``)."""
     dev = torch.device(device) if device is not None else generator._device()
     G = working_copy(generator, dev)
-    threshold = settings.eps if threshold is None else threshold
+    threshold = settings.eps if threshold is None else float(threshold)
     observation = make_observation(target, G.resolution, threshold=threshold, device=dev,
                                    operator=operator, mask=mask)
     if gaussian_fit is None and G.has_mapping:

@@ -8,13 +8,16 @@ Routes (all JSON unless noted; refusals are ``{"error": "..."}`` with a 4xx stat
 - ``POST /api/examples/NAME`` use a bundled example as the input
 - ``GET /api/inputs/ID/preview.png``, ``/api/inputs/ID/face_K.png``
 - ``POST /api/jobs`` ``{"input_id", "generator", "n", "steps", "eps", "seed", "resize",
-  "center_crop", "face", "size"}`` -> ``{"job_id", "position"}``
+  "center_crop", "face", "size", "force"}`` -> ``{"job_id", "position"}``; a face of a photo
+  with nothing to gain (:mod:`pulse_sr.io.face_gain`) is refused with 409 unless ``force``
 - ``GET /api/jobs/ID`` status; ``GET /api/jobs/ID/events`` server-sent events (``update``
   with status, new loss-curve points and live previews; ``end`` once finished)
 - ``POST /api/jobs/ID/cancel``; ``GET /api/jobs/ID/files/NAME``; ``GET /api/jobs/ID/results.zip``
+  (a cancelled job keeps, and offers, the candidates already within eps)
 
 Refusals: 400 malformed request or unusable input; 403 cross-site request (foreign ``Origin``
-or ``Sec-Fetch-Site``); 404 unknown id or name; 409 no results yet; 413 body too large
+or ``Sec-Fetch-Site``); 404 unknown id or name; 409 no results yet, or a face skipped
+(nothing to gain); 413 body too large
 (uploads: ``max_upload_mb``; ``/api/jobs``: ``max_json_kb``); 415 wrong content type (uploads:
 ``application/octet-stream`` or ``image/*``, other POSTs ``application/json``) or not an
 image; 429 queue full or ``max_stored_files`` uploads stored; 503 generator cannot be loaded
@@ -140,8 +143,10 @@ def _add_config_routes(app: FastAPI, settings: WebSettings, manager: JobManager)
 
     @app.get("/api/generators")
     async def generators() -> list[dict[str, Any]]:
+        from pulse_sr.web.generators import listed
+
         entries = await run_in_threadpool(manager.generators.refresh)  # zoo downloads since start-up
-        return [e.to_json() for e in entries.values()]
+        return [e.to_json() for e in listed(entries, settings.generators)]
 
     @app.get("/api/examples")
     async def list_examples() -> list[dict[str, Any]]:

@@ -26,6 +26,15 @@ BUILTIN: dict[str, tuple[int, str | None, str]] = {
 }
 
 
+#: offered generators that are not face models (left out of the page's list)
+TEST_NETWORKS = frozenset({"tiny"})
+
+
+def listed(entries: dict[str, "GeneratorEntry"], named: "tuple[str, ...] | None") -> list["GeneratorEntry"]:
+    """The entries the page lists: face models, and any the server was told by name to offer."""
+    return [e for e in entries.values() if e.face_model or (named is not None and e.name in named)]
+
+
 @dataclass
 class GeneratorEntry:
     """One generator the page can offer. ``load(device)`` returns a FaceGenerator."""
@@ -40,6 +49,9 @@ class GeneratorEntry:
     reason: str = ""
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a face model (shown in the page's list); ``tiny`` is a test network: a request may
+    #: still name it, but the list leaves it out unless the server was told to offer it
+    face_model: bool = True
 
     def to_json(self) -> dict[str, Any]:
         from pulse_sr.degradations.bicubic import valid_input_sizes
@@ -78,6 +90,7 @@ def _builtin_entries() -> list[GeneratorEntry]:
             name=name, description=description, resolution=resolution, model_card=card,
             card_text=card_text, load=lambda device, n=name: load_generator(n, device=device),
             available=available, reason=reason, default=name == DEFAULT_GENERATOR,
+            face_model=name not in TEST_NETWORKS,
         ))
     return entries
 

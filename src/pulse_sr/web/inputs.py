@@ -30,6 +30,8 @@ class InputStore:
         self.inputs: dict[str, InputRecord] = {}
         self._pending = 0  # folders made, not yet registered or discarded
         self._bytes = 0  # bytes of stored and pending uploads
+        #: generator name -> output side, for each face's face_gain verdict (set by the jobs)
+        self.resolutions: dict[str, int] = {}
 
     # -- the cap ---------------------------------------------------------------------------
     def open_slot(self) -> tuple[str, Path]:
@@ -82,26 +84,32 @@ class InputStore:
     def register(self, input_id: str, folder: Path, name: str, size: int) -> InputRecord:
         """Decode ``folder/upload.bin`` (content sniffed by Pillow), classify, write previews.
         Refusals: 415 when the bytes are no image format we read, 400 for other problems."""
+        from PIL import Image as PILImage
+
         from pulse_sr.errors import PulseError
-        from pulse_sr.io.images import load_image, save_png
-        from pulse_sr.web.images import identifiable, preview_image
+        from pulse_sr.io.images import save_png
+        from pulse_sr.io.paste import photo_tensor
+        from pulse_sr.web.images import identifiable
         from pulse_sr.web.messages import web_error
+        from pulse_sr.web.photos import load_photo
 
         s = self.settings
         path = folder / UPLOAD
         try:
-            img = load_image(path, max_pixels=s.max_pixels)
+            rgb = load_photo(path, s.max_pixels)  # uint8: a quarter of a float copy
         except PulseError as e:
             raise web_error(e, upload=path, status=None if identifiable(path) else 415) from None
-        h, w = int(img.shape[1]), int(img.shape[2])
+        h, w = int(rgb.shape[0]), int(rgb.shape[1])
         kind = "small" if max(h, w) <= s.small_max_side else "photo"
         rec = InputRecord(id=input_id, dir=folder, name=name, width=w, height=h, kind=kind,
                           touched=time.time(), size=size)
         if kind == "small":
-            save_png(img, folder / "preview.png")
+            save_png(photo_tensor(rgb), folder / "preview.png")
         else:
-            preview_image(img, s.photo_max_side).save(folder / "preview.png")
-            self._faces(rec, img, path)
+            small = PILImage.fromarray(rgb)
+            small.thumbnail((s.photo_max_side, s.photo_max_side), PILImage.Resampling.LANCZOS)
+            small.save(folder / "preview.png")
+            self._faces(rec, rgb, path)
         with self.lock:
             self._pending -= 1
             self.inputs[input_id] = rec
@@ -125,6 +133,7 @@ class InputStore:
             rec.message = f"face detection failed: {user_text(str(e), path)}"
         for f in rec.faces:
             preview_image(f.crop, 256).save(rec.dir / f"face_{f.index}.png")
+            f.gains = photos.face_gains(f, self.resolutions)
         if not rec.faces and not rec.message:
             rec.message = "no face found in this photo; you can still use the whole image (centre-crop and resize)"
 

@@ -33,6 +33,8 @@ class JobRequest:
     face: int | None = None
     size: int | None = None
     given: dict[str, Any] = field(default_factory=dict)
+    #: restore a face of a photo even when it has nothing to gain (:mod:`pulse_sr.io.face_gain`)
+    force: bool = False
 
 
 def parse_json(raw: bytes) -> Any:
@@ -69,6 +71,7 @@ def parse_job_request(body: Any, s: WebSettings) -> JobRequest:
         resize=_flag(body, "resize"), center_crop=_flag(body, "center_crop"),
         face=_optional_int(body, "face", "face must be the index of a face in the photo"),
         size=_optional_int(body, "size", "size must be a whole number of pixels"), given=given,
+        force=_flag(body, "force"),
     )
 
 

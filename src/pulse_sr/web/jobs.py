@@ -5,7 +5,7 @@ and cleanup. No HTTP here (see :mod:`pulse_sr.web.app`); inputs live in
 Every file lives under one server-made, marked root folder
 (:func:`pulse_sr.web.workdir.make_work_root`): ``inputs/<id>/`` holds an upload (always
 saved as ``upload.bin``, decoded by content) and its previews; ``jobs/<id>/result/``
-holds what ``pulse-sr run`` would write (:func:`pulse_sr.cli.run.write_result_files`)
+holds what ``pulse-sr run`` would write (:func:`pulse_sr.io.results.write_result_files`)
 plus ``spread.png`` and, for photos, ``photo.png`` and ``restored_KK.png``. Ids are
 random; names handed to the client come from the server and are checked against a
 per-job set before use. Folders are removed ``job_ttl`` seconds after their last use.
@@ -14,6 +14,7 @@ Search settings come from :func:`pulse_sr.front_end.build_settings`, as the CLI'
 from __future__ import annotations
 
 import collections
+import logging
 import secrets
 import shutil
 import threading
@@ -29,6 +30,11 @@ from pulse_sr.web.records import (  # noqa: F401 - WebSettings, WebError re-expo
 
 #: search input side for a face from a photo, as ``pulse-sr restore`` (nearest valid size)
 DEFAULT_FACE_SIZE = 16
+#: a whole photo (no face chosen) above this many pixels is shrunk (uint8, Pillow) before it
+#: becomes a float tensor: 4096 x 4096, the largest the web app used to accept at all
+WHOLE_PHOTO_PIXELS = 4096 * 4096
+#: one line per job on the server's stderr (``pulse-sr serve`` attaches the handler)
+log = logging.getLogger("pulse_sr.web")
 
 
 class JobManager:
@@ -45,6 +51,8 @@ class JobManager:
         (self.root / "jobs").mkdir()
         self.generators = GeneratorCache(list_generators(settings.generators), settings.device,
                                          settings.generators)
+        self.store.resolutions = {n: int(e.resolution) for n, e in self.generators.entries.items()
+                                  if e.resolution}
         self.jobs: dict[str, JobRecord] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._stopping = False
@@ -95,11 +103,15 @@ class JobManager:
         target, notes, face = self._target(rec, req, gname)
         plan = self._plan(target, gname, settings.eps)
         target = plan.image
+        gain = self._gain(face, req)
+        if gain is not None and gain.reason:
+            notes = [*notes, gain.reason]
         job = JobRecord(
             id=secrets.token_hex(16), dir=Path(), input_id=rec.id,
             params={"generator": gname, "n": req.n, "steps": settings.steps, "eps": settings.eps,
                     "seed": req.seed, "resize": req.resize, "center_crop": req.center_crop,
-                    "face": req.face},
+                    "face": req.face, "force": req.force,
+                    "warning": gain.reason if gain is not None and gain.decision == "warn" else ""},
             target=target, notes=notes, face=face, settings=settings, plan=plan,
             input_info={"path": f"upload: {rec.name}", "original_size": [rec.width, rec.height],
                         "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes,
@@ -107,8 +119,24 @@ class JobManager:
         )
         if face is not None:
             job.input_info["face"] = face.record()
+            job.input_info["face_gain"] = gain.to_dict() if gain is not None else None
         self._enqueue(job, rec)
+        log.info("job %s queued: %s, %s, %d candidates, %d steps (queue: %d)", job.id[:8],
+                 rec.name[:60], gname, req.n, settings.steps, self.position(job))
         return job
+
+    @staticmethod
+    def _gain(face: Any, req: JobRequest) -> Any:
+        """The face_gain verdict of a face from a photo (``None`` for other inputs); a face
+        with nothing to gain is refused (409) unless the request says ``force``."""
+        from pulse_sr.io.face_gain import judge_face
+
+        if face is None:
+            return None
+        gain = judge_face(face, force=req.force)
+        if not gain.restore:
+            raise WebError(409, f"skipped: {gain.reason}. Choose “restore anyway” to restore it.")
+        return gain
 
     def _generator_name(self, name: str | None) -> str:
         """The requested (or default) generator, checked to be offered and available."""
@@ -163,9 +191,16 @@ class JobManager:
             from pulse_sr.input_plan import plan_input
             from pulse_sr.io.images import load_input
 
-            img, known, mode = load_input(path, max_pixels=self.settings.max_pixels)
+            if rec.kind == "photo" and rec.width * rec.height > WHOLE_PHOTO_PIXELS:
+                from pulse_sr.web.photos import shrunk_photo
+
+                img, notes = shrunk_photo(path, self.settings.max_pixels, WHOLE_PHOTO_PIXELS)
+                known, mode = None, None
+            else:
+                (img, known, mode), notes = load_input(path, max_pixels=self.settings.max_pixels), []
             plan = plan_input(img, res, eps=self._search_settings(req).eps, name="input", mode=mode, known=known,
                               resize=req.resize, center_crop=req.center_crop)
+            plan.notes[:0] = notes
             return plan, plan.notes, None
         except PulseError as e:
             raise web_error(e, upload=path, generator=gname) from None
@@ -182,7 +217,7 @@ class JobManager:
     def _face_target(self, rec: InputRecord, req: JobRequest, gname: str, res: int) -> tuple[Any, list[str], Any]:
         """The chosen face of a photo, FFHQ-aligned and downscaled to the requested size."""
         from pulse_sr.degradations.bicubic import valid_input_sizes
-        from pulse_sr.io.images import load_image, nearest_size
+        from pulse_sr.io.images import nearest_size
         from pulse_sr.web import photos
 
         if req.face is None or not 0 <= req.face < len(rec.faces):
@@ -191,7 +226,7 @@ class JobManager:
         size = req.size or nearest_size(DEFAULT_FACE_SIZE, sizes)
         if size not in sizes:
             raise WebError(400, f"face size must be one of {', '.join(map(str, sizes))} for {gname}")
-        photo = load_image(rec.dir / UPLOAD, max_pixels=self.settings.max_pixels)
+        photo = photos.load_photo(rec.dir / UPLOAD, self.settings.max_pixels)
         face = photos.align_face(photo, rec.faces[req.face], gname, res)
         notes = [f"face {req.face} of the photo, FFHQ-aligned for {gname}, downscaled to {size}x{size}"]
         return face.low_res(int(size)), notes, face
@@ -239,7 +274,7 @@ class JobManager:
 
     def job_file(self, job_id: str, name: str) -> Path:
         job = self.get_job(job_id)
-        if job.state != "done" or name not in job.files:
+        if job.result is None or name not in job.files:
             raise WebError(404, "no such file")
         return job.dir / "result" / name
 
@@ -269,10 +304,11 @@ class JobManager:
                 with job.lock:
                     job.state, job.started = "running", time.time()
                     job.version += 1
+            log.info("job %s started (waited %.1f s)", job.id[:8], job.started - job.created)
             try:
                 self._run(job)
             except JobCancelled:
-                self._finish(job, "cancelled", "cancelled")
+                self._cancelled(job)
             except Exception as e:  # noqa: BLE001 - one line on the page
                 self._finish(job, "failed", " ".join(str(e).split()) or type(e).__name__)
 
@@ -282,6 +318,25 @@ class JobManager:
             if state != "done":
                 job.error = message
             job.version += 1
+            ran = job.finished - job.started if job.started else 0.0
+        log.info("job %s finished: %s in %.1f s%s", job.id[:8], state, ran,
+                 f" ({message})" if message and state != "done" else "")
+
+    def _cancelled(self, job: JobRecord) -> None:
+        """End a job cancelled while running: its candidates already within eps are written
+        and offered as results (marked cancelled); the job ends ``cancelled`` either way."""
+        from pulse_sr.web.results import within_eps
+
+        kept = within_eps(job.last_info, job.target, float(job.params["eps"]))
+        if not kept:
+            self._finish(job, "cancelled", "cancelled; no candidate was within eps yet")
+            return
+        try:
+            self._write(job, None, job.started_perf, kept=kept)
+        except Exception as e:  # noqa: BLE001 - the job still ends cancelled
+            self._finish(job, "cancelled", f"cancelled; keeping its results failed: {e}")
+            return
+        self._finish(job, "cancelled", f"cancelled; kept {len(kept)} candidate(s) already within eps")
 
     def _run(self, job: JobRecord) -> None:
         from pulse_sr.search.pulse import pulse_search
@@ -291,9 +346,10 @@ class JobManager:
         n = p["n"]
         with job.lock:
             job.l2, job.best_l2, job.converged = [None] * n, [None] * n, [False] * n
-        started = time.perf_counter()
+        started = job.started_perf = time.perf_counter()
 
         def callback(info: Any) -> None:
+            job.last_info = info  # what a cancel keeps (its faces within eps)
             if job.cancel.is_set():
                 raise JobCancelled()
             l2 = [finite_or_none(float(v)) for v in info.l2]
@@ -319,45 +375,66 @@ class JobManager:
                               threshold=plan.threshold)
         if job.cancel.is_set():
             raise JobCancelled()
-        self._write(job, gen, result, settings, started)
+        self._write(job, result, started)
 
     def _previews(self, hr: Any) -> list[str]:
         from pulse_sr.web.images import png_data_url, preview_image
 
         return [png_data_url(preview_image(img, self.settings.preview_max_side)) for img in hr]
 
-    def _write(self, job: JobRecord, gen: Any, result: Any, settings: Any, started: float) -> None:
-        from pulse_sr.io.results import write_result_files
+    def _write(self, job: JobRecord, result: Any, started: float, kept: Any = None) -> None:
+        """Write the result folder and set ``job.result``: from a finished search's
+        ``result``, or (``result`` None) the ``kept`` candidates of a cancelled one."""
         from pulse_sr.io.files import staged_dir
-        from pulse_sr.web import photos
-        from pulse_sr.web.generators import BUILTIN
-        from pulse_sr.web.images import heat_image, spread
+        from pulse_sr.web.results import write_cancelled, write_restored
 
         p = job.params
+        gen, _ = self.generators.get(p["generator"])
         with staged_dir(job.dir / "result") as tmp:
-            report = write_result_files(
-                tmp, target=job.target, result=result, generator=gen,
-                settings={**result.settings.to_dict(), "n": p["n"], "seed": p["seed"],
-                          "device": self.settings.device},
-                input_info=job.input_info, started=started, matched=job.plan.matched(),
-            )
-            sp = spread(result.hr)
-            vmax = float(sp.max())
-            heat_image(sp, vmax).save(tmp / "spread.png")
-            files = {"input.png", "report.json", "spread.png"} | (
-                {"target.png"} if (tmp / "target.png").exists() else set())
+            settings = {**(result.settings if result is not None else job.settings).to_dict(),
+                        "n": p["n"], "seed": p["seed"], "device": self.settings.device}
+            if result is not None:
+                from pulse_sr.io.results import write_result_files
+
+                report = write_result_files(tmp, target=job.target, result=result, generator=gen,
+                                            settings=settings, input_info=job.input_info,
+                                            started=started, matched=job.plan.matched())
+                hr, indices = result.hr, list(range(int(result.hr.shape[0])))
+            else:
+                report = write_cancelled(tmp, target=job.target, kept=kept, generator=gen, params=p,
+                                         settings=settings, input_info=job.input_info, started=started)
+                hr = __import__("torch").stack([c.hr for c in kept])
+                indices = [c.index for c in kept]
+            files, vmax, sp_mean = self._spread(tmp, hr)
+            if (tmp / "target.png").exists():
+                files.add("target.png")
             restored: dict[int, str] = {}
             rec = self.inputs.get(job.input_id)
             if job.face is not None and rec is not None:
-                from pulse_sr.io.images import load_image, save_png
+                from pulse_sr.web.photos import load_photo
 
-                photo = load_image(rec.dir / UPLOAD, max_pixels=self.settings.max_pixels)
-                before, after = photos.paste_back(photo, job.face, result.hr)
-                save_png(before, tmp / "photo.png")
-                for k, img in enumerate(after):
-                    restored[k] = f"restored_{k:02d}.png"
-                    save_png(img, tmp / restored[k])
+                photo = load_photo(rec.dir / UPLOAD, self.settings.max_pixels)
+                restored = write_restored(tmp, photo=photo, face=job.face, hr=hr, indices=indices,
+                                          generator=p["generator"])
                 files |= {"photo.png", *restored.values()}
+        self._set_result(job, gen, report, files, restored, vmax, sp_mean)
+        if result is not None:
+            self._finish(job, "done")
+
+    @staticmethod
+    def _spread(folder: Path, hr: Any) -> tuple[set[str], float, float]:
+        from pulse_sr.web.images import heat_image, spread
+
+        sp = spread(hr)
+        vmax = float(sp.max())
+        heat_image(sp, vmax).save(folder / "spread.png")
+        return {"input.png", "report.json", "spread.png"}, vmax, float(sp.mean())
+
+    def _set_result(self, job: JobRecord, gen: Any, report: dict[str, Any], files: set[str],
+                    restored: dict[int, str], vmax: float, sp_mean: float) -> None:
+        from pulse_sr.web.generators import BUILTIN
+
+        p = job.params
         cands = []
         for c in report["candidates"]:
             files |= {c["files"]["hr"], c["files"]["lr"]}
@@ -365,20 +442,22 @@ class JobManager:
                           "restored": restored.get(c["index"])})
         entry = self.generators.entries[p["generator"]]
         card = entry.model_card or BUILTIN.get(p["generator"], (0, None, ""))[1]
+        best = report["best_index"]
         with job.lock:
             job.files = files
             job.result = {
                 "input": "input.png", "candidates": cands, "spread": "spread.png",
                 "detected": job.plan.summary(), "threshold": job.plan.threshold,
                 "target": "target.png" if "target.png" in files else "input.png",
-                "spread_max": round(vmax, 5), "spread_mean": round(float(sp.mean()), 5),
+                "spread_max": round(vmax, 5), "spread_mean": round(sp_mean, 5),
                 "photo": "photo.png" if restored else None, "face_box": self._face_box(job),
-                "best_index": report["best_index"],
+                "best_index": cands[best]["index"] if best is not None else None,
+                "best_row": best, "cancelled": bool(report.get("cancelled")),
+                "cancelled_note": report.get("cancelled_note", ""), "warning": p.get("warning", ""),
                 "any_converged": report["any_converged"], "notice": report["notice"],
                 "model_card": card, "card_text": entry.card_text,
                 "generator": gen.describe(), "zip": f"/api/jobs/{job.id}/results.zip",
             }
-        self._finish(job, "done")
 
     def _face_box(self, job: JobRecord) -> list[float] | None:
         """The detected face's box as fractions of the photo (for zooming the slider)."""
@@ -395,7 +474,7 @@ class JobManager:
         import zipfile
 
         job = self.get_job(job_id)
-        if job.state != "done":
+        if job.result is None:
             raise WebError(409, "the job has no results yet")
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

@@ -32,7 +32,9 @@ class WebSettings:
     port: int = 8000
     workers: int = 1
     max_upload_mb: float = 20.0
-    max_pixels: int = 4096 * 4096
+    #: largest upload in pixels: phone photos (12-50 MP) pass; over 100 MP is absurd. Photos
+    #: stay uint8 (300 MB at the limit) and are shrunk for detection and the restored view.
+    max_pixels: int = 100_000_000
     max_candidates: int = 8
     max_steps: int = 1000
     max_queue: int = 32
@@ -74,7 +76,8 @@ class InputRecord:
             "input_id": self.id, "name": self.name, "width": self.width, "height": self.height,
             "kind": self.kind, "preview": f"/api/inputs/{self.id}/preview.png",
             "faces": [{"index": f.index, "box": list(f.box),
-                       "image": f"/api/inputs/{self.id}/face_{f.index}.png"} for f in self.faces],
+                       "image": f"/api/inputs/{self.id}/face_{f.index}.png",
+                       "gain": dict(getattr(f, "gains", {}))} for f in self.faces],
             "align_available": self.align_available, "message": self.message,
         }
 
@@ -112,6 +115,10 @@ class JobRecord:
     files: set[str] = field(default_factory=set)
     cancel: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the search's last progress report (a cancel keeps its faces within eps)
+    last_info: Any = None
+    #: ``time.perf_counter()`` when the search started
+    started_perf: float = 0.0
 
 
 def finite_or_none(x: float) -> float | None:

@@ -13,7 +13,10 @@ Standard library only (``urllib.request``). :func:`fetch` downloads one URL:
   message naming the host, and nothing is saved;
 - the size is checked against the caller's (the card's) and the server's
   ``Content-Length``/``Content-Range``; the SHA-256 against the caller's;
-- the finished file is fsynced and renamed into place (``os.replace``).
+- the finished file is fsynced and renamed into place (``os.replace``);
+- time limits (:mod:`pulse_sr.weights.deadline`): the whole download stops after
+  2 h, or when less than 10 kB/s arrive over 60 s (a server trickling bytes never trips
+  a socket timeout), with a one-line message; the ``.part`` is kept for a later resume.
 
 :func:`download_entry` fetches every file of a zoo card under a lock and
 records size and SHA-256 in the entry's ``manifest.json``; :func:`verify_entry`
@@ -39,6 +42,8 @@ from urllib.parse import urlsplit
 
 from pulse_sr.errors import WeightsError
 from pulse_sr.io.hashing import sha256_file
+from pulse_sr.weights.deadline import MAX_SECONDS_ENV, MIN_RATE_ENV, RATE_WINDOW_ENV, Clock
+from pulse_sr.weights.deadline import duration as _duration
 from pulse_sr.weights.zoo import (
     MANIFEST,
     WEIGHTS_ENV,
@@ -68,6 +73,10 @@ class _Retry(Exception):
     def __init__(self, msg: str, progressed: bool = False) -> None:
         super().__init__(msg)
         self.progressed = progressed
+
+
+def _kept(part: Path) -> str:
+    return f"; {part} is kept, run again to resume" if part.exists() and part.stat().st_size else ""
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ def _truncate(part: Path) -> None:
 
 
 def _attempt(url: str, part: Path, *, size: int | None, label: str, progress: bool, timeout: float,
-             log: Log) -> None:
+             log: Log, clock: Clock) -> None:
     """One request: append to ``part`` until the response ends. Raises _Retry on transient failures."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:
@@ -160,7 +169,7 @@ def _attempt(url: str, part: Path, *, size: int | None, label: str, progress: bo
     if offset:
         req.add_header("Range", f"bytes={offset}-")
     try:
-        resp = _opener().open(req, timeout=timeout)
+        resp = _opener().open(req, timeout=max(min(timeout, clock.remaining()), 0.001))
     except urllib.error.HTTPError as e:
         host = _host(e.geturl() or url)
         with contextlib.closing(e):
@@ -213,15 +222,19 @@ def _attempt(url: str, part: Path, *, size: int | None, label: str, progress: bo
         if offset:
             log(f"resuming {label} at {format_size(offset)}")
         _stream(resp, part, offset=offset, length=length, total=total if total is not None else size,
-                host=host, label=label, url=url, progress=progress)
+                host=host, label=label, url=url, progress=progress, clock=clock)
 
 
 def _stream(resp: Any, part: Path, *, offset: int, length: int | None, total: int | None, host: str,
-            label: str, url: str, progress: bool) -> None:
-    """Append the response body to ``part`` with a progress bar; check it is all there."""
+            label: str, url: str, progress: bool, clock: Clock) -> None:
+    """Append the response body to ``part`` with a progress bar; check it is all there. Reads
+    what has arrived (``read1``), so the deadline and the minimum rate are checked however
+    slowly the bytes come."""
     from tqdm import tqdm
 
     got = 0
+    window = [clock.now(), 0.0]
+    read = getattr(resp, "read1", resp.read)
     try:
         f = open(part, "ab" if offset else "wb")
     except OSError as e:
@@ -230,7 +243,7 @@ def _stream(resp: Any, part: Path, *, offset: int, length: int | None, total: in
                  file=sys.stderr, disable=not progress, leave=False) as bar:
         while True:
             try:
-                block = resp.read(CHUNK)
+                block = read(CHUNK)
             except (OSError, http.client.HTTPException) as e:
                 raise _Retry(f"connection to {host} broke after {offset + got:,} bytes ({type(e).__name__})",
                              progressed=got > 0) from None
@@ -246,6 +259,9 @@ def _stream(resp: Any, part: Path, *, offset: int, length: int | None, total: in
                 raise WeightsError(f"cannot write {part}: {e.strerror or e} (kept; run again to resume)") from None
             got += len(block)
             bar.update(len(block))
+            kept = f"; {part} is kept, run again to resume"  # (bytes still buffered: no stat)
+            clock.check(label, kept)
+            clock.check_rate(window, got, f"{label}: {host}", kept)
         f.flush()
         os.fsync(f.fileno())
     expected = length if length is not None else (None if total is None else total - offset)
@@ -259,13 +275,18 @@ def _stream(resp: Any, part: Path, *, offset: int, length: int | None, total: in
 
 def fetch(url: str, dest: str | os.PathLike[str], *, size: int | None = None, sha256: str | None = None,
           progress: bool = True, attempts: int = 5, base_delay: float = 1.0, timeout: float = 60.0,
-          label: str | None = None, log: Log | None = _stderr, sleep: Callable[[float], None] = time.sleep) -> Fetched:
+          label: str | None = None, log: Log | None = _stderr, sleep: Callable[[float], None] = time.sleep,
+          max_seconds: float | None = None, min_rate: float | None = None, rate_window: float | None = None,
+          clock: Clock | None = None) -> Fetched:
     """Download ``url`` to ``dest`` (resuming ``dest.part``); check ``size`` and ``sha256`` when given.
 
     ``attempts``: failures in a row without progress before giving up (at most
-    ``4 * attempts`` requests in all). Raises WeightsError with one line on any
-    failure; an interrupted ``.part`` is kept for the next call, a wrong one removed.
+    ``4 * attempts`` requests in all). ``max_seconds``, ``min_rate``, ``rate_window``: the
+    time limits (:class:`Clock`; defaults 2 h, 10 kB/s over 60 s, or their environment
+    variables), or a ``clock`` shared by several files. Raises WeightsError with one line on
+    any failure; an interrupted ``.part`` is kept for the next call, a wrong one removed.
     """
+    clock = clock or Clock(max_seconds, min_rate, rate_window)
     _check_url(url)
     dest = Path(dest)
     label = label or dest.name
@@ -276,14 +297,18 @@ def fetch(url: str, dest: str | os.PathLike[str], *, size: int | None = None, sh
     while True:
         requests += 1
         try:
-            _attempt(url, part, size=size, label=label, progress=progress, timeout=timeout, log=say)
+            clock.check(label, _kept(part))
+            _attempt(url, part, size=size, label=label, progress=progress, timeout=timeout, log=say, clock=clock)
             break
         except _Retry as e:
             failures = 0 if e.progressed else failures + 1
             if failures >= attempts or requests >= 4 * attempts:
-                kept = f"; {part} is kept, run again to resume" if part.exists() and part.stat().st_size else ""
-                raise WeightsError(f"downloading {label} failed after {requests} tries: {e}{kept}") from None
+                raise WeightsError(f"downloading {label} failed after {requests} tries: {e}{_kept(part)}") from None
             delay = base_delay * 2 ** max(failures - 1, 0)
+            if delay >= clock.remaining():
+                raise WeightsError(f"downloading {label} stopped: {e}, and the time limit "
+                                   f"({_duration(clock.max_seconds)}, {MAX_SECONDS_ENV}) leaves no time to retry"
+                                   f"{_kept(part)}", max_seconds=clock.max_seconds) from None
             say(f"{e}; retrying in {delay:.3g} s")
             sleep(delay)
     got = part.stat().st_size if part.exists() else 0
@@ -400,8 +425,12 @@ def _locked(folder: Path, say: Log) -> Iterator[None]:
 
 def download_entry(entry: ZooEntry | str, *, root: str | os.PathLike[str] | None = None, base_url: str | None = None,
                    force: bool = False, progress: bool = True, attempts: int = 5, base_delay: float = 1.0,
-                   timeout: float = 60.0, log: Log | None = _stderr) -> Path:
+                   timeout: float = 60.0, log: Log | None = _stderr, max_seconds: float | None = None,
+                   min_rate: float | None = None, rate_window: float | None = None) -> Path:
     """Download (or finish, or with ``force`` redo) every file of a zoo entry; returns its load path.
+
+    The time limits (``max_seconds`` for the whole entry, ``min_rate`` over ``rate_window``;
+    see :class:`Clock`) default to their environment variables, else 2 h and 10 kB/s over 60 s.
 
     Files already cached are verified, not fetched again (unless ``force``). A file
     without a published SHA-256 is checked against the hash recorded at its first
@@ -409,6 +438,7 @@ def download_entry(entry: ZooEntry | str, *, root: str | os.PathLike[str] | None
     """
     entry = get_entry(entry) if isinstance(entry, str) else entry
     say: Log = log or (lambda _msg: None)
+    clock = Clock(max_seconds, min_rate, rate_window)
     folder = entry_dir(entry, root)
     prepare_folder(folder)
     with _locked(folder, say):
@@ -425,7 +455,8 @@ def download_entry(entry: ZooEntry | str, *, root: str | os.PathLike[str] | None
             size, sha = _expected(f, None if force else record)
             url = file_url(f, base_url)
             got = fetch(url, dest, size=size, sha256=sha, progress=progress, attempts=attempts,
-                        base_delay=base_delay, timeout=timeout, label=f"{entry.name}/{f.name}", log=log)
+                        base_delay=base_delay, timeout=timeout, label=f"{entry.name}/{f.name}", log=log,
+                        clock=clock)
             if force and record and f.sha256 is None and record.get("sha256") != got.sha256:
                 say(f"note: {f.name} now has SHA-256 {got.sha256}, not the {record.get('sha256')} recorded "
                     f"on {record.get('recorded', '?')}")

