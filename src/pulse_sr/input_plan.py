@@ -142,6 +142,10 @@ def plan_input(image: "Tensor", resolution: int, *, eps: float, name: str = "inp
     known = _combine(known, mask, image, name)
     image, known = _crop(image, known, center_crop, notes)
     analysis = _analyse(image, resolution, mode)
+    if analysis.kind == "face":  # a valid size: fitted (checked) as every input was before issue 13
+        from pulse_sr.io.images import fit_to_generator
+
+        fit_to_generator(image, resolution, resize=resize, center_crop=False, name=name)
     if analysis.kind == "photo":
         image, known, analysis = _photo(image, known, resolution, mode, resize=resize, name=name, notes=notes)
     analysis = _noisy_colour(_cap_noise(analysis, image, mode), image, mode)
