@@ -222,6 +222,7 @@ def test_given_is_validated_and_reported() -> None:
     assert list(d) == ["steps", "eps", "loss", "lr", "optimizer", "schedule", "noise", "num_trainable_noise",
                        "bad_noise_layers", "tile_latent", "run_all_steps", "mode", "start", "coarse_side",
                        "coarse_steps", "refresh_every", "lean_memory", "max_batch", "compile", "start_pool",
+                       "range", "range_layer", "range_radius", "range_steps",  # issue 13: the range settings
                        "given"]
     assert d["given"] == ["lr"] and json.loads(json.dumps(d)) == d
     assert {f.name for f in dataclasses.fields(SearchSettings)} == set(d)

@@ -646,3 +646,19 @@ def test_finished_job_faces_carry_provenance(client: httpx.Client) -> None:
     assert wait_state(client, job, ("done", "failed"))["state"] == "done"
     for name in ("hr_00.png", "lr_00.png"):
         assert read_provenance(client_app(client).state.manager.job_file(job, name)).get("kind") == "generated"
+
+
+def test_web_job_of_a_mosaic_says_mosaic(client: httpx.Client) -> None:
+    """Issue 13: the web job uses the same analysis as the CLI and says what it detected."""
+    rng = np.random.default_rng(13)
+    grid = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.repeat(np.repeat(grid, 8, 0), 8, 1)).save(buf, "PNG")
+    rec = upload(client, buf.getvalue(), name="mosaic.png").json()
+    job = start_job(client, rec["input_id"], n=1, steps=1)
+    s = wait_state(client, job, ("done", "failed"))
+    assert s["state"] == "done", s
+    assert "mosaic of 8 px blocks detected" in s["result"]["detected"]
+    assert s["result"]["target"] == "target.png"
+    target = read_png(client.get(f"/api/jobs/{job}/files/target.png").content)
+    assert target.shape == (3, 8, 8) and torch.equal(target, torch.from_numpy(grid).permute(2, 0, 1).float() / 255)

@@ -16,6 +16,10 @@ from pulse_sr.search.settings import FRONT_END_DEFAULTS  # torch-free module
 #: what the front ends run unless told otherwise (the library's SearchSettings defaults stay
 #: the original loop: mode faithful, compile off, lean memory off)
 FRONT_END_SETTINGS: dict[str, Any] = {**FRONT_END_DEFAULTS, "lean_memory": True}
+#: how the front ends read an input unless told otherwise (pulse_sr.input_plan): the operator and
+#: the noise decided from the input, faces in colour (the library's defaults stay PULSE's:
+#: bicubic, no noise; ``--faithful`` pins those)
+INPUT_DEFAULTS: dict[str, Any] = {"degradation": "auto", "noise_sigma": "auto", "grey_output": False}
 
 
 def build_settings(given: Mapping[str, Any], *, faithful: bool = False) -> Any:
@@ -23,7 +27,8 @@ def build_settings(given: Mapping[str, Any], *, faithful: bool = False) -> Any:
 
     ``given``: settings field -> value, only for what the user set (``None`` values are
     ignored; keys that are not settings fields are ignored). ``faithful``: the original
-    loop, bit for bit (mode faithful, eager, PULSE's single random start and schedules);
+    loop, bit for bit (mode faithful, eager, PULSE's single random start and schedules, the latent
+    range; the input side is pinned by :func:`pulse_sr.input_plan.plan_input`);
     a given value that contradicts it is a :class:`SettingsError`. Impossible settings
     are a :class:`SettingsError` (``data``: ``field``, ``value``, ``problem``).
     """
@@ -36,14 +41,15 @@ def build_settings(given: Mapping[str, Any], *, faithful: bool = False) -> Any:
         values["bad_noise_layers"] = tuple(values["bad_noise_layers"])
     user = dict(values)
     if faithful:
-        for key, ok in (("mode", ("faithful",)), ("compile", ("off",)), ("schedule", PULSE_SCHEDULES)):
+        for key, ok in (("mode", ("faithful",)), ("compile", ("off",)), ("schedule", PULSE_SCHEDULES),
+                        ("range", ("latent",))):
             if key in user and user[key] not in ok:
                 raise SettingsError(f"faithful contradicts {key} {user[key]}", field=key, value=user[key],
                                     problem="contradicts faithful")
         if user.get("start_pool", 1) > 1:
             raise SettingsError(f"faithful contradicts start_pool {user['start_pool']}", field="start_pool",
                                 value=user["start_pool"], problem="contradicts faithful")
-        values.update(mode="faithful", compile="off")
+        values.update(mode="faithful", compile="off", range="latent")
     for key, value in FRONT_END_SETTINGS.items():
         values.setdefault(key, value)
     if "given" in names:

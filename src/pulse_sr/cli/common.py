@@ -241,6 +241,10 @@ def render_error(e: BaseException) -> str:
     fixes a :class:`~pulse_sr.errors.SizeError` is named from its ``data``."""
     text = one_line(e)
     data = getattr(e, "data", None) or {}
+    if getattr(e, "kind", None) == "size" and data.get("photo"):
+        return text + "; to super-resolve its faces use pulse-sr restore (or run --align)"
+    if getattr(e, "kind", None) == "size" and data.get("mosaic") and data.get("nearest") is not None:
+        return text + f" (use --resize to resize the block grid to the nearest: {data['nearest']})"
     if getattr(e, "kind", None) == "size" and data.get("size"):
         w, h = data["size"]
         resolution = data.get("resolution")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pulse_sr.cli.common import UsageError, int_at_least, layer_list, positive_float
-from pulse_sr.front_end import FRONT_END_SETTINGS  # torch-free module
+from pulse_sr.front_end import FRONT_END_SETTINGS, INPUT_DEFAULTS  # torch-free module
 from pulse_sr.search.settings import (  # torch-free module
-    COMPILE, MODES, NOISE_TYPES, OPTIMIZERS, SCHEDULES, STARTS, SearchSettings,
+    COMPILE, MODES, NOISE_TYPES, OPTIMIZERS, RANGES, SCHEDULES, STARTS, SearchSettings,
 )
 
 #: images smaller than this (longer side) are taken as aligned faces without detection
@@ -58,6 +58,18 @@ def add_run_options(p: Any) -> None:
     i.add_argument("--center-crop", action="store_true", help="crop non-square inputs to a square")
     i.add_argument("--max-pixels", type=int_at_least(16), default=RUN_MAX_PIXELS,
                    help="refuse larger input images (default 4096*4096)")
+    i.add_argument("--degradation", default=None, metavar="auto|bicubic|box|gaussian[:SIGMA]|nearest[:PHASE]",
+                   help=f"how the input was made from a face (default {INPUT_DEFAULTS['degradation']}: bicubic for a "
+                        "face of a valid size, box for a detected mosaic; the output line and report.json say "
+                        "what was decided and why)")
+    i.add_argument("--noise-sigma", default=None, metavar="auto|S",
+                   help=f"Gaussian noise in the input, S in 8-bit levels (default {INPUT_DEFAULTS['noise_sigma']}: "
+                        "estimated); the match threshold becomes sigma^2 + eps (eps below 1/255)")
+    i.add_argument("--mask", default=None, metavar="FILE",
+                   help="a PNG of the input's size, white = known pixel, black = unknown (fully transparent "
+                        "pixels of an RGBA input are unknown too)")
+    i.add_argument("--grey-output", action="store_true", default=None,
+                   help="grey faces for a black-and-white input (by default they stay in colour)")
     i.add_argument("--overwrite", action="store_true", help="replace existing results")
     i.add_argument("--save-intermediate", action="store_true",
                    help="save every step of each candidate and an animated GIF")
@@ -122,6 +134,15 @@ def _add_search_options(s: Any) -> None:
                    help="full steps through torch.compile: the same loop, float rounding aside, after a "
                         f"one-off compile cached on disk (default {_default('compile')}: on from 512 px; "
                         "--faithful turns it off)")
+    s.add_argument("--range", choices=RANGES, default=None,
+                   help=f"{_default('range')} (default): extend the search past the generator's own faces "
+                        "(ILO, at an intermediate activation within a ball around the latent's) only for an "
+                        "input no candidate matched; latent: PULSE's; extended: always; report.json says per "
+                        "candidate whether it left the range and how far")
+    s.add_argument("--range-radius", type=float, default=None,
+                   help=f"extended range: l1 radius relative to the activation's norm (default {_default('range_radius')})")
+    s.add_argument("--range-layer", type=int_at_least(0), default=None,
+                   help="extended range: split layer (default 0: the generator's default)")
     s.add_argument("--start", choices=STARTS, default=None,
                    help=f"{_default('start')} (default, PULSE): random draws through the Gaussian fit; w_avg: "
                         "start every candidate at the mapping network's tracked average w (StyleGAN2/3 weights)")
@@ -189,6 +210,11 @@ class RunOptions:
     overwrite: bool = False
     save_intermediate: bool = False
     quiet: bool = False
+    degradation: str = INPUT_DEFAULTS["degradation"]
+    noise_sigma: str = INPUT_DEFAULTS["noise_sigma"]
+    mask: str | None = None
+    grey_output: bool = INPUT_DEFAULTS["grey_output"]
+    faithful: bool = False
     verbose: bool = False
 
     @classmethod
@@ -197,7 +223,26 @@ class RunOptions:
         return cls(inputs=tuple(args.inputs), outdir=Path(args.outdir),
                    **{k: _get(args, k, getattr(d, k)) for k in (
                        "n", "seed", "device", "resize", "center_crop", "max_pixels", "overwrite",
-                       "save_intermediate", "quiet", "verbose")})
+                       "save_intermediate", "quiet", "verbose", "degradation", "noise_sigma", "mask", "grey_output",
+                       "faithful")})
+
+    def check_input_choices(self) -> None:
+        """``--degradation`` and ``--noise-sigma`` checked up front: a bad value is a UsageError."""
+        from pulse_sr.degradations.registry import parse_spec
+        from pulse_sr.errors import SettingsError
+        from pulse_sr.input_plan import parse_noise_sigma
+
+        try:
+            if self.degradation != "auto":
+                parse_spec(self.degradation)
+            parse_noise_sigma(self.noise_sigma)
+        except SettingsError as e:
+            raise UsageError(f"--{e.data.get('field', 'degradation').replace('_', '-')}: {e}") from None
+
+    def input_choices(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`pulse_sr.input_plan.plan_input` these options give."""
+        return {"degradation": self.degradation, "noise_sigma": self.noise_sigma, "grey_output": self.grey_output,
+                "resize": self.resize, "center_crop": self.center_crop, "faithful": self.faithful}
 
 
 @dataclass(frozen=True)
@@ -266,10 +311,12 @@ def frame_dirs(root: Path, n: int, enabled: bool) -> list[Path]:
 
 
 def search_with_progress(label: str, opts: RunOptions, generator: Any, target: Any, settings: Any,
-                         frames: list[Path]) -> Any:
-    """:func:`pulse_sr.search.pulse.pulse_search` of ``target [3, h, w]`` in [0, 1] with a progress
-    bar on stderr (none with ``--quiet``) named ``label``; each step's images go to ``frames``
-    (one folder per candidate) when given. Returns the ``SearchResult``."""
+                         frames: list[Path], plan: Any = None) -> Any:
+    """:func:`pulse_sr.search.pulse.pulse_search` of ``target [3, h, w]`` in [0, 1] (or of ``plan``,
+    an :class:`~pulse_sr.input_plan.InputPlan`: its target, operator, mask and threshold) with a
+    progress bar on stderr (none with ``--quiet``) named ``label``; each step's images go to
+    ``frames`` (one folder per candidate) when given. Returns the ``SearchResult`` (grey faces
+    with the plan's ``grey_output``)."""
     from tqdm import tqdm
 
     from pulse_sr.cli.common import printable
@@ -302,10 +349,19 @@ def search_with_progress(label: str, opts: RunOptions, generator: Any, target: A
             for k, d in enumerate(frames):
                 to_pil(info.hr[k]).save(d / f"step_{info.step:0{sw}d}.png")
 
+    extra: dict[str, Any] = {}
+    if plan is not None:
+        target = plan.target
+        extra = {"operator": plan.operator, "mask": plan.mask, "threshold": plan.threshold}
     try:
-        return pulse.pulse_search(
+        result = pulse.pulse_search(
             generator, target, n=opts.n, seed=opts.seed, settings=settings, device=opts.device,
-            callback=callback, callback_images=bool(frames),
+            callback=callback, callback_images=bool(frames), **extra,
         )
     finally:
         bar.close()
+    if plan is not None and plan.grey_output:
+        from pulse_sr.input_plan import grey_faces
+
+        result = grey_faces(result)
+    return result

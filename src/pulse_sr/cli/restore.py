@@ -18,9 +18,9 @@ from typing import Any
 
 from pulse_sr.cli.align import aligned_target, find_faces, load_photo, resolve_size, small_face_note
 from pulse_sr.cli.common import (
-    NOTICE, Job, already_done, announce_compile, announce_gaussian_fit, claimed, err, generator_from_args,
-    json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, verbose,
-    version,
+    NOTICE, Job, UsageError, already_done, announce_compile, announce_gaussian_fit, claimed, err,
+    generator_from_args, json_safe, not_converged_hint, prepare_jobs, resolve_device, result_dir, run_jobs,
+    settings_from_args, verbose, version,
 )
 from pulse_sr.cli.options import (
     PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_face_options, add_paste_options,
@@ -74,6 +74,9 @@ def restore_main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     paste = PasteOptions.from_args(args, opts.n)
+    opts.check_input_choices()
+    if opts.mask is not None:
+        raise UsageError("--mask: a mask is for one input of pulse-sr run, not for the faces of a photo")
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
     generator = generator_from_args(args, opts.device)
     check_start(settings, generator)
@@ -129,6 +132,15 @@ def _targets(photo: Any, faces: list[Any], r: Restore, name: str) -> list[Any]:
     return targets
 
 
+def _face_plan(target: Any, r: Restore, name: str) -> Any:
+    """An aligned face ``[3, s, s]`` in [0, 1] through the same auto detection as ``run`` (grey,
+    noise; its size is valid, so it is a face); ``--mask`` is for ``run``'s single inputs."""
+    from pulse_sr.input_plan import plan_input
+
+    choices = {**r.opts.input_choices(), "resize": False, "center_crop": False}
+    return plan_input(target, int(r.generator.resolution), eps=r.settings.eps, name=name, **choices)
+
+
 def _search_face(tmp: Path, face: Any, target: Any, r: Restore, search_settings: dict[str, Any],
                  path: Path) -> tuple[Any, dict[str, Any]]:
     """Search one face into ``tmp/face_KK/``; returns ``(chosen hr [3, R, R], its report entry)``."""
@@ -140,20 +152,22 @@ def _search_face(tmp: Path, face: Any, target: Any, r: Restore, search_settings:
     fdir.mkdir()
     frames = frame_dirs(fdir, r.opts.n, r.opts.save_intermediate)
     started = time.perf_counter()
-    result = search_with_progress(f"{path.name} face {face.index}", r.opts, r.generator, target,
-                                  r.settings, frames)
+    plan = _face_plan(target, r, f"{path} face {face.index}")
+    result = search_with_progress(f"{path.name} face {face.index}", r.opts, r.generator, plan.target,
+                                  r.settings, frames, plan=plan)
     save_png(face.aligned, fdir / "aligned.png")
     report = write_result_files(
-        fdir, target=target, result=result, generator=r.generator, settings=search_settings,
+        fdir, target=plan.image, result=result, generator=r.generator, settings=search_settings,
         input_info={"path": path_text(path), "face": face.index, "aligned": "aligned.png",
-                    "used_size": [int(target.shape[-1]), int(target.shape[-2])], "notes": list(face.notes)},
-        started=started, frames_dirs=frames,
+                    "used_size": [int(target.shape[-1]), int(target.shape[-2])], "notes": list(face.notes),
+                    **plan.describe()},
+        started=started, frames_dirs=frames, matched=plan.matched(),
     )
     k = report["best_index"] if r.paste.pick is None else r.paste.pick
     cand = report["candidates"][k]
     return result.hr[k], {**face.record(), "folder": folder, "picked": k, "picked_l2": cand["final_l2"],
                           "picked_converged": cand["converged"], "any_converged": report["any_converged"],
-                          "input_size": int(target.shape[-1])}
+                          "input_size": int(target.shape[-1]), "detected": plan.summary()}
 
 
 def _restore_photo(job: Job, final: Path, r: Restore) -> None:

@@ -36,6 +36,26 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     return _to_tensor(open_image(path, max_pixels=max_pixels))
 
 
+def load_input(path: str | os.PathLike[str], *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, np.ndarray | None, str]:
+    """An input for the search: ``(image [3, H, W] float32 in [0, 1] as load_image gives it,
+    known [H, W] bool (False where fully transparent; None when no pixel is), the file's mode)``."""
+    img = open_image(path, max_pixels=max_pixels)
+    known = None
+    if img.mode not in _WIDE_MODES:
+        rgba = _rgb_or_rgba(img)
+        if rgba.mode == "RGBA":
+            alpha = np.asarray(rgba)[:, :, 3]
+            known = None if bool((alpha > 0).all()) else alpha > 0
+    return _to_tensor(img), known, img.mode
+
+
+def load_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A mask file: ``[H, W]`` bool, True (known) where its luma is at least half white."""
+    img = open_image(path, max_pixels=max_pixels)
+    return np.asarray(to_rgb8(img).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) >= 127.5
+
+
 def load_rgb8(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as ``[H, W, 3]`` uint8 RGB (for photos: a quarter of the memory
     of :func:`load_image`); same orientation, transparency and mode rules."""

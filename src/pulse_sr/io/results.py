@@ -43,7 +43,7 @@ def path_text(path: str | os.PathLike[str]) -> str:
 
 def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any,
                        settings: dict[str, Any], input_info: dict[str, Any], started: float,
-                       frames_dirs: Sequence[Path] = ()) -> dict[str, Any]:
+                       frames_dirs: Sequence[Path] = (), matched: Any = None) -> dict[str, Any]:
     """Write one input's results into ``folder`` (normally a staged, not yet renamed, folder).
 
     Files: ``input.png`` (the ``[1, 3, h, w]`` or ``[3, h, w]`` target in [0, 1]), per candidate
@@ -51,6 +51,9 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     ``frames_dirs`` (one folder of ``step_*.png`` per candidate) are given, and ``report.json``
     last. Every generated image carries provenance (:mod:`pulse_sr.io.provenance`: IPTC
     ``trainedAlgorithmicMedia`` and "generated, not recovered"); ``input.png`` does not.
+    ``matched``: the ``[C, s, s]`` observation the candidates were matched against when it is not
+    ``target`` itself (the luma of a grey input, the block grid of a mosaic), written as
+    ``target.png``: each ``lr_KK.png`` compares with it.
     ``started``: a ``time.perf_counter()`` value. Returns the report dict (JSON-safe).
     """
     import torch
@@ -61,6 +64,10 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
     candidates = result.candidates()
     cw = max(2, len(str(len(candidates) - 1)))
     save_png(target, folder / "input.png")  # the user's pixels: no provenance chunks
+    files_matched = "input.png"
+    if matched is not None:
+        save_png(matched, folder / "target.png")  # the user's pixels as matched: no provenance chunks
+        files_matched = "target.png"
     name = str(getattr(generator, "name", "") or "unknown")
     entries = []
     for c in candidates:
@@ -79,6 +86,8 @@ def write_result_files(folder: Path, *, target: Any, result: Any, generator: Any
         "input": input_info,
         "generator": generator.describe(),
         "settings": settings,
+        "threshold": float(result.eps),
+        "lr_compares_with": files_matched,
         "candidates": entries,
         "any_converged": any(c.converged for c in candidates),
         "best_index": best,

@@ -43,6 +43,19 @@ class Observation:
         return l2_per_image(lr, self.target, self.mask)
 
 
+#: a noise estimate below this (0..1 scale) leaves the threshold at eps: a clean input matches as in PULSE
+NOISE_FLOOR = 1.0 / 255.0
+
+
+def match_threshold(eps: float, noise_sigma: float = 0.0) -> float:
+    """The L2 within which a candidate matches an input with Gaussian noise of ``noise_sigma`` (0..1
+    scale, in the observation as matched): ``sigma^2 + eps`` (the noise alone has mean square
+    sigma^2 around the clean observation), or ``eps`` when ``sigma < NOISE_FLOOR``."""
+    if not noise_sigma >= 0:
+        raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
+    return float(eps) if noise_sigma < NOISE_FLOOR else float(noise_sigma) ** 2 + float(eps)
+
+
 #: a group of rows of a batch that share one observation: (row positions on the device, or
 #: ``None`` for every row in order; the observation)
 Group = tuple["Tensor | None", Observation]

@@ -35,7 +35,8 @@ from pulse_sr.errors import SettingsError
 from pulse_sr.generators.base import FaceGenerator
 from pulse_sr.search.coarse import coarse_applies, run_coarse_phase, supports_coarse
 from pulse_sr.search.losses import parse_loss
-from pulse_sr.search.observations import make_observation, prepare_target
+from pulse_sr.search.observations import make_observation, match_threshold, prepare_target
+from pulse_sr.search.ranged import extend_result
 from pulse_sr.search.schedules import lr_multiplier
 from pulse_sr.search.settings import (
     COMPILE,
@@ -43,6 +44,7 @@ from pulse_sr.search.settings import (
     MODES,
     NOISE_TYPES,
     OPTIMIZERS,
+    RANGES,
     STARTS,
     SearchResult,
     SearchSettings,
@@ -108,6 +110,14 @@ def validate_settings(settings: SearchSettings) -> None:
     if not isinstance(settings.refresh_every, int) or settings.refresh_every < 1:
         raise _bad("refresh_every", settings,
                    f"refresh_every must be a positive integer, got {settings.refresh_every!r}")
+    if settings.range not in RANGES:
+        raise _bad("range", settings, f"unknown range {settings.range!r}; known: {', '.join(RANGES)}")
+    if not isinstance(settings.range_layer, int) or settings.range_layer < 0:
+        raise _bad("range_layer", settings, f"range_layer must be 0 (auto) or a layer, got {settings.range_layer!r}")
+    if not (isinstance(settings.range_radius, (int, float)) and 0 <= settings.range_radius < float("inf")):
+        raise _bad("range_radius", settings, f"range_radius must be >= 0, got {settings.range_radius!r}")
+    if not isinstance(settings.range_steps, int) or settings.range_steps < 0:
+        raise _bad("range_steps", settings, f"range_steps must be 0 (as steps) or positive, got {settings.range_steps!r}")
     names = {f.name for f in dataclasses.fields(SearchSettings)} - {"given"}
     if not isinstance(settings.given, tuple) or not all(g in names for g in settings.given):
         raise _bad("given", settings, f"given must be a tuple of settings field names, got {settings.given!r}")
@@ -129,6 +139,8 @@ def pulse_search(
     gaussian_fit: tuple[Tensor, Tensor] | None = None,
     operator: Degradation | None = None,
     mask: Tensor | None = None,
+    threshold: float | None = None,
+    noise_sigma: float | None = None,
     callback: Callback | None = None,
     callback_images: bool = False,
     **overrides: object,
@@ -140,6 +152,12 @@ def pulse_search(
     factor the target implies (``C = 3``, ``generator.resolution`` an integer multiple >= 2 of ``h``).
     ``mask``: ``None`` (every pixel known) or ``[h, w]`` / ``[1|C, h, w]``, 1 (True) = known,
     0 = unknown: L2, the loss and the eps check are over known pixels only.
+    ``threshold``: the match threshold of this input (default ``settings.eps``); or ``noise_sigma``
+    (0..1 scale, the noise in the observation as matched) sets it to ``sigma^2 + eps``
+    (:func:`~pulse_sr.search.observations.match_threshold`). The search stops a candidate at it,
+    and a candidate within it is ``converged``.
+    ``settings.range`` ``extended`` / ``auto``: after the latent search, candidates continue in the
+    extended range (:mod:`pulse_sr.search.ranged`); their ``extras`` say how far they left it.
     ``settings`` (or keyword ``overrides`` of its fields) default to the original PULSE's.
     ``gaussian_fit``: ``(mean, std)`` ``[w_dim]`` to map sphere latents into W (computed when omitted
     and the generator has a mapping network).
@@ -172,15 +190,22 @@ def pulse_search(
         from pulse_sr.search.lean import keep_freed_memory
 
         keep_freed_memory()
+    if threshold is not None and noise_sigma is not None:
+        raise ValueError("give threshold or noise_sigma, not both")
+    if threshold is None:
+        threshold = match_threshold(settings.eps, noise_sigma or 0.0)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold!r}")
     state = make_state(generator, target, n=n, seed=seed, settings=settings, device=device,
-                       gaussian_fit=gaussian_fit, operator=operator, mask=mask,
+                       gaussian_fit=gaussian_fit, operator=operator, mask=mask, threshold=threshold,
                        callback=callback, callback_images=callback_images)
     start = run_coarse_phase(state) if settings.mode == "fast" and coarse_applies(state) else 0
     for step in range(start, settings.steps):
         if state.done.all():
             break
         full_step(state, step)
-    return state.result()
+    result = state.result()
+    return extend_result(state.G, result, state.observations[0], settings=settings, seed=seed, device=state.dev)
 
 
 def make_state(generator: FaceGenerator, target: Tensor, *, n: int, seed: int, settings: SearchSettings,

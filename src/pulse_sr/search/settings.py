@@ -35,14 +35,20 @@ STARTS = ("gaussian", "w_avg")
 COMPILE = ("off", "on", "auto")
 #: what the command line and the web app run unless told otherwise; the library's
 #: ``SearchSettings`` defaults stay the original loop (mode faithful, compile off)
-FRONT_END_DEFAULTS: dict[str, str] = {"mode": "auto", "compile": "auto"}
+FRONT_END_DEFAULTS: dict[str, str] = {"mode": "auto", "compile": "auto", "range": "auto"}
+#: where faces are searched: ``latent`` (PULSE: the generator's own outputs), ``extended`` (after the
+#: latent search, every candidate continues ILO-style at an intermediate activation within a ball
+#: around the latent's: search/extended.py), ``auto`` (extended only for an input none of whose
+#: candidates came within its threshold in the latent search)
+RANGES = ("latent", "extended", "auto")
 
 
 #: report.json's key order of the settings (the order the fields had before they were grouped)
 _REPORT_ORDER = (
     "steps", "eps", "loss", "lr", "optimizer", "schedule", "noise", "num_trainable_noise",
     "bad_noise_layers", "tile_latent", "run_all_steps", "mode", "start", "coarse_side", "coarse_steps",
-    "refresh_every", "lean_memory", "max_batch", "compile", "start_pool", "given",
+    "refresh_every", "lean_memory", "max_batch", "compile", "start_pool", "range", "range_layer",
+    "range_radius", "range_steps", "given",
 )
 
 
@@ -74,6 +80,15 @@ class SearchSettings:
     #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
     #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
     start_pool: int = 1
+    #: ``latent`` (PULSE), ``extended`` or ``auto``: see ``RANGES``
+    range: str = "latent"
+    #: extended range: the split point (0 = the generator's default: generators/split.py)
+    range_layer: int = 0
+    #: extended range: l1 radius of the ball, relative to the activation's l1 norm (default chosen by
+    #: benchmarks/real_inputs.py on lfw_subset faces: faces stay faces at 0.3)
+    range_radius: float = 0.3
+    #: extended range: its steps (0 = as many as ``steps``)
+    range_steps: int = 0
 
     # -- the mode ----------------------------------------------------------------------------
     #: "faithful" (default, the original loop) or "fast" (see MODES)
@@ -135,6 +150,9 @@ class Candidate:
     noise: list[Tensor]
     loss_history: list[float]
     l2_history: list[float]
+    #: where the face came from: ``range`` (latent | extended), ``left_range``, ``radius_used``
+    #: (relative to the activation's l1 norm), ``chroma_distance`` (grey inputs) ...
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -145,6 +163,7 @@ class Candidate:
             "final_l2": self.l2,
             "converged": self.converged,
             "seconds": round(self.seconds, 3),
+            **self.extra,
         }
 
 
@@ -178,6 +197,9 @@ class SearchResult:
     settings: SearchSettings = field(default_factory=SearchSettings)
     #: per candidate, how many of its steps ran the full network (== steps in faithful mode)
     full_steps: Tensor | None = None
+    #: per candidate, report entries beside the L2 (``Candidate.extra``): the range it was found in
+    #: (search/ranged.py) and, for grey inputs, its chroma distance; empty dicts when none
+    extras: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -205,6 +227,7 @@ class SearchResult:
                     noise=[t[k] for t in self.noise],
                     loss_history=self.loss_history[alive, k].tolist(),
                     l2_history=self.l2_history[alive, k].tolist(),
+                    extra=dict(self.extras[k]) if k < len(self.extras) else {},
                 )
             )
         return out

@@ -101,6 +101,8 @@ class JobManager:
         gname = self._generator_name(req.generator)
         settings = self._search_settings(req)
         target, notes, face = self._target(rec, req, gname)
+        plan = self._plan(target, gname, settings.eps)
+        target = plan.image
         gain = self._gain(face, req)
         if gain is not None and gain.reason:
             notes = [*notes, gain.reason]
@@ -110,9 +112,10 @@ class JobManager:
                     "seed": req.seed, "resize": req.resize, "center_crop": req.center_crop,
                     "face": req.face, "force": req.force,
                     "warning": gain.reason if gain is not None and gain.decision == "warn" else ""},
-            target=target, notes=notes, face=face, settings=settings,
+            target=target, notes=notes, face=face, settings=settings, plan=plan,
             input_info={"path": f"upload: {rec.name}", "original_size": [rec.width, rec.height],
-                        "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes},
+                        "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes,
+                        **plan.describe()},
         )
         if face is not None:
             job.input_info["face"] = face.record()
@@ -175,9 +178,9 @@ class JobManager:
             raise WebError(503, f"cannot load generator {gname}: {e.strerror or e}") from None
 
     def _target(self, rec: InputRecord, req: JobRequest, gname: str) -> tuple[Any, list[str], Any]:
-        """``(target [3, h, w] in [0, 1], notes, aligned face or None)`` for the request."""
+        """``(target, notes, aligned face or None)`` for the request: an upload gives its
+        :class:`~pulse_sr.input_plan.InputPlan` as the target, a photo's face ``[3, h, w]`` in [0, 1]."""
         from pulse_sr.errors import PulseError
-        from pulse_sr.io.images import fit_to_generator, load_image
         from pulse_sr.web.messages import web_error
 
         res = self._resolution(gname)
@@ -185,17 +188,31 @@ class JobManager:
         try:
             if req.face is not None:
                 return self._face_target(rec, req, gname, res)
+            from pulse_sr.input_plan import plan_input
+            from pulse_sr.io.images import load_input
+
             if rec.kind == "photo" and rec.width * rec.height > WHOLE_PHOTO_PIXELS:
                 from pulse_sr.web.photos import shrunk_photo
 
                 img, notes = shrunk_photo(path, self.settings.max_pixels, WHOLE_PHOTO_PIXELS)
+                known, mode = None, None
             else:
-                img, notes = load_image(path, max_pixels=self.settings.max_pixels), []
-            target, more = fit_to_generator(img, res, resize=req.resize, center_crop=req.center_crop,
-                                            name="input")
-            return target, notes + more, None
+                (img, known, mode), notes = load_input(path, max_pixels=self.settings.max_pixels), []
+            plan = plan_input(img, res, eps=self._search_settings(req).eps, name="input", mode=mode, known=known,
+                              resize=req.resize, center_crop=req.center_crop)
+            plan.notes[:0] = notes
+            return plan, plan.notes, None
         except PulseError as e:
             raise web_error(e, upload=path, generator=gname) from None
+
+    def _plan(self, target: Any, gname: str, eps: float) -> Any:
+        """The input plan (issue 13: what the input is, operator, noise threshold, mask) of a target
+        ``[3, h, w]`` (an aligned face), or the plan ``_target`` already made for an upload."""
+        from pulse_sr.input_plan import InputPlan, plan_input
+
+        if isinstance(target, InputPlan):
+            return target
+        return plan_input(target, self._resolution(gname), eps=eps, name="face")
 
     def _face_target(self, rec: InputRecord, req: JobRequest, gname: str, res: int) -> tuple[Any, list[str], Any]:
         """The chosen face of a photo, FFHQ-aligned and downscaled to the requested size."""
@@ -351,9 +368,11 @@ class JobManager:
 
         if job.cancel.is_set():
             raise JobCancelled()
-        result = pulse_search(gen, job.target, n=n, seed=p["seed"], settings=settings,
+        plan = job.plan
+        result = pulse_search(gen, plan.target, n=n, seed=p["seed"], settings=settings,
                               device=s.device, gaussian_fit=fit, callback=callback,
-                              callback_images=True)
+                              callback_images=True, operator=plan.operator, mask=plan.mask,
+                              threshold=plan.threshold)
         if job.cancel.is_set():
             raise JobCancelled()
         self._write(job, result, started)
@@ -379,7 +398,7 @@ class JobManager:
 
                 report = write_result_files(tmp, target=job.target, result=result, generator=gen,
                                             settings=settings, input_info=job.input_info,
-                                            started=started)
+                                            started=started, matched=job.plan.matched())
                 hr, indices = result.hr, list(range(int(result.hr.shape[0])))
             else:
                 report = write_cancelled(tmp, target=job.target, kept=kept, generator=gen, params=p,
@@ -387,6 +406,8 @@ class JobManager:
                 hr = __import__("torch").stack([c.hr for c in kept])
                 indices = [c.index for c in kept]
             files, vmax, sp_mean = self._spread(tmp, hr)
+            if (tmp / "target.png").exists():
+                files.add("target.png")
             restored: dict[int, str] = {}
             rec = self.inputs.get(job.input_id)
             if job.face is not None and rec is not None:
@@ -426,6 +447,8 @@ class JobManager:
             job.files = files
             job.result = {
                 "input": "input.png", "candidates": cands, "spread": "spread.png",
+                "detected": job.plan.summary(), "threshold": job.plan.threshold,
+                "target": "target.png" if "target.png" in files else "input.png",
                 "spread_max": round(vmax, 5), "spread_mean": round(sp_mean, 5),
                 "photo": "photo.png" if restored else None, "face_box": self._face_box(job),
                 "best_index": cands[best]["index"] if best is not None else None,

@@ -94,6 +94,8 @@ class JobRecord:
     notes: list[str]
     input_info: dict[str, Any]
     face: Any = None
+    #: what is matched (:class:`pulse_sr.input_plan.InputPlan`: operator, mask, threshold, analysis)
+    plan: Any = None
     #: the search settings (:func:`pulse_sr.front_end.build_settings`, as the CLI builds them)
     settings: Any = None
     state: str = "queued"

@@ -415,18 +415,20 @@ function showResults(jobId, r, s) {
     ? `Cancelled: the ${r.candidates.length} face(s) already within eps = ${s.params.eps} are kept; the others were stopped. `
     : `${conv} of ${r.candidates.length} faces downscale to your input within eps = ${s.params.eps}. `) +
     (r.warning ? `Warning: ${r.warning}. ` : "") +
-    "Each card shows the face, your input and the face's own downscale: they should look the same.";
+    "Each card shows the face, your input and the face's own downscale: they should look the same." +
+    (r.detected ? ` Detected: ${r.detected}.` : "");
   for (const c of r.candidates) {
     const card = document.createElement("div");
     card.className = "card"; card.dataset.index = c.index;
     card.innerHTML = `
       <img class="hr" alt="candidate ${c.index}" src="${fileUrl(jobId, c.hr)}">
       <div class="pair">
-        <figure><img alt="your input" src="${fileUrl(jobId, r.input)}"><figcaption>your input</figcaption></figure>
+        <figure><img alt="your input" src="${fileUrl(jobId, r.target || r.input)}"><figcaption>your input${r.target && r.target !== r.input ? " (as matched)" : ""}</figcaption></figure>
         <figure><img alt="downscale of candidate ${c.index}" src="${fileUrl(jobId, c.lr)}"><figcaption>its downscale</figcaption></figure>
       </div>
       <p>candidate ${c.index} · seed ${c.seed}</p>
       <p>L2 ${fmt(c.final_l2)} <span class="badge ${c.converged ? "ok" : "no"}">${c.converged ? "within eps" : "not within eps"}</span>${c.cancelled ? ' <span class="badge cancelled">cancelled</span>' : ""}</p>
+      <p>${c.left_range ? `left the generator's range (extended search, radius ${(100 * c.radius_used).toFixed(1)}% of the activation)` : "the generator's own face"}</p>
       <p><a href="${fileUrl(jobId, c.hr)}" download="${c.hr}">download</a>${c.restored ? ` · <a href="${fileUrl(jobId, c.restored)}" download="${c.restored}">photo</a>` : ""}</p>`;
     card.addEventListener("click", () => chooseCandidate(jobId, c.index));
     box.appendChild(card);
