@@ -122,7 +122,7 @@ def test_second_run_skips_an_input_another_run_holds(tmp_path: Path, capsys: pyt
         (out / ".face.lock").write_text(f"{other.pid}\n")
         code, stdout, err = run(["run", tmp_path / "face.png", "-o", out, *FAST], capsys)
         assert code == 0, err
-        assert f"skipped (another pulse-sr run (pid {other.pid}) is writing {out / 'face'})" in stdout
+        assert f"skipped (another pulse-sr run (pid {other.pid}) is writing {out / 'face'})" in err  # the per-input line: stderr, like every per-input line
         assert "0 done, 1 skipped, 0 failed" in stdout
         assert not (out / "face").exists()  # no search was run for it
         assert (out / ".face.lock").read_text() == f"{other.pid}\n"  # another run's lock is left alone
