@@ -149,18 +149,10 @@ def state_dict_mismatch(state: "dict[str, Tensor] | object", module: nn.Module) 
 
     One line for error messages: counts and the first few keys of each kind.
     """
-    expected = module.state_dict()
-    state = dict(state)  # type: ignore[call-overload]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} != {list(expected[k].shape)}" for k in expected
-             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape for", wrong)):
-        if items:
-            shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
-            problems.append(f"{label} {len(items)} key{'s' if len(items) != 1 else ''} ({shown})")
-    return ", ".join(problems)
+    from pulse_sr.generators.limits import shape_mismatch
+
+    found = {k: tuple(v.shape) for k, v in dict(state).items()}  # type: ignore[call-overload]
+    return shape_mismatch(found, {k: tuple(v.shape) for k, v in module.state_dict().items()})
 
 
 def file_sha256(*paths: "str | bytes | object") -> str:
