@@ -160,6 +160,7 @@ def _run_ray(args: argparse.Namespace, jobs: list[Job], failures: list[tuple[str
     from pulse_sr.engines import WorkerSpec, run_engine
     from pulse_sr.engines.local import read_tasks
     from pulse_sr.engines.ray_engine import default_workers
+    from pulse_sr.errors import PulseError
 
     outcomes: dict[str, Any] = {}  # name -> ("done", result, report) | exception to raise
     task_opts = opts.task_options()
@@ -193,6 +194,10 @@ def _run_ray(args: argparse.Namespace, jobs: list[Job], failures: list[tuple[str
                 run_engine("ray", read_tasks([j.path for j in todo], task_opts), spec, on_result,
                            address=args.ray_address, workers=args.ray_workers or default_workers(),
                            threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker)
+            except PulseError as e:
+                if outcomes.keys() & by_name.keys():
+                    raise
+                raise UsageError(f"--engine ray: {e.message}") from None  # no Ray to run on (bad --ray-address)
             except Exception as e:  # noqa: BLE001 - Ray's errors vary: the unfinished inputs fail, one line
                 err(f"error: ray engine: {type(e).__name__}: {one_line(e)}")
                 engine_error = f"not searched: the ray engine failed ({type(e).__name__})"
