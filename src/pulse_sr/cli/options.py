@@ -146,7 +146,10 @@ def _add_search_options(s: Any) -> None:
                    help="extended range: split layer (default 0: the generator's default)")
     s.add_argument("--start", choices=STARTS, default=None,
                    help=f"{_default('start')} (default, PULSE): random draws through the Gaussian fit; w_avg: "
-                        "start every candidate at the mapping network's tracked average w (StyleGAN2/3 weights)")
+                        "start every candidate at the mapping network's tracked average w (StyleGAN2/3 weights); encoder "
+                        "(opt-in): seeded starts around a learned encoder's prediction from the input, where one "
+                        "ships for the generator, operator and factor (dcgan-digiface: bicubic and box, x2/x4/x8), "
+                        "else PULSE's start (report.json says which, per candidate)")
 
 
 def add_engine_options(p: Any) -> None:
@@ -327,7 +330,8 @@ class PasteOptions:
 
 # -- searching -----------------------------------------------------------------------------
 def check_start(settings: Any, generator: Any) -> None:
-    """``--start w_avg`` needs a mapping network that tracks ``w_avg``: a UsageError up front."""
+    """``--start w_avg`` needs a mapping network that tracks ``w_avg``: a UsageError up front
+    (``--faithful`` refuses ``--start encoder``: :func:`pulse_sr.front_end.build_settings`)."""
     if settings.start == "w_avg":
         from pulse_sr.search.latents import w_avg_latent
 
