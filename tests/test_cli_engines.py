@@ -130,3 +130,9 @@ def test_ray_engine_without_ray_is_a_usage_error(folder, tmp_path, capsys, monke
     assert code == 2
     assert err.strip().splitlines() == ["error: --engine ray: Ray is not installed; pip install 'pulse-sr[ray]'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_options_need_the_ray_engine(folder, tmp_path, capsys):
+    code, out, err = _run(["run", folder, "-o", tmp_path / "out", *FAST, "--ray-workers", "2"], capsys)
+    assert (code, err.strip()) == (2, "error: --ray-workers: only with --engine ray")
+    assert not (tmp_path / "out").exists()

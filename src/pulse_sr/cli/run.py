@@ -58,6 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return restore_main(args)
     if engine == "ray":
         _check_ray(args)
+    else:
+        for flag, value in (("--ray-address", getattr(args, "ray_address", None)),
+                            ("--ray-workers", getattr(args, "ray_workers", None)),
+                            ("--gpus-per-worker", getattr(args, "gpus_per_worker", 0) or None)):
+            if value is not None:
+                raise UsageError(f"{flag}: only with --engine ray")
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     opts.check_input_choices()
