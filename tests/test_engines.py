@@ -42,8 +42,29 @@ def test_process_task_equals_pulse_search_on_the_decoded_input(tiny, tiny_fit, c
     direct = pulse_search(tiny, res.target, n=2, seed=3, settings=SETTINGS, gaussian_fit=tiny_fit)
     assert torch.equal(res.result.hr, direct.hr)
     assert torch.equal(res.result.l2, direct.l2)
-    assert res.input_info == {"path": "face.png", "original_size": [8, 8], "used_size": [8, 8], "notes": []}
+    info = res.input_info  # report.json's "input": the sizes and the input plan's description
+    assert {k: info[k] for k in ("path", "original_size", "used_size", "notes")} == {
+        "path": "face.png", "original_size": [8, 8], "used_size": [8, 8], "notes": []}
+    assert (info["kind"], info["degradation"], info["grey"], info["threshold"]) == ("face", "bicubic", False, SETTINGS.eps)
     assert res.generator_info == tiny.describe()
+    assert res.matched is None and res.threshold == SETTINGS.eps and res.summary.startswith("face, bicubic")
+
+
+def test_process_task_follows_the_input_plan(tiny, tiny_fit, ctx):
+    """Regression (issue 16): process_task ran load_image + fit_to_generator + pulse_search and
+    ignored the input plan: a grey input was matched in colour, --degradation was not honoured."""
+    from pulse_sr.input_plan import plan_input
+
+    grey = planted(tiny, 2, 4).mean(0, keepdim=True).expand(3, -1, -1)
+    res = process_task(InputTask("grey.png", png_bytes(grey), TaskOptions(degradation="box")), ctx)
+    assert res.ok, res.error_message
+    assert (res.input_info["grey"], res.input_info["degradation"]) == (True, "box")
+    assert res.matched is not None and res.matched.shape == (1, 8, 8)  # matched on luma
+    plan = plan_input(res.target, tiny.resolution, eps=SETTINGS.eps, name="grey.png", degradation="box")
+    direct = pulse_search(tiny, plan.target, n=2, seed=3, settings=SETTINGS, gaussian_fit=tiny_fit,
+                          operator=plan.operator, mask=plan.mask, threshold=plan.threshold)
+    assert torch.equal(res.result.l2, direct.l2)  # same process, threads and inputs: bit-equal
+    assert torch.equal(res.result.lr, direct.lr)
 
 
 def test_task_result_round_trip_is_exact_and_plain(tiny, ctx):
@@ -55,6 +76,8 @@ def test_task_result_round_trip_is_exact_and_plain(tiny, ctx):
     assert all(torch.equal(a, b) for a, b in zip(back.result.noise, res.result.noise))
     assert back.result.settings == res.result.settings
     assert [c.summary() for c in back.result.candidates()] == [c.summary() for c in res.result.candidates()]
+    assert (back.summary, back.threshold, back.input_info) == (res.summary, res.threshold, res.input_info)
+    assert back.result.extras == res.result.extras
 
 
 class _Evil:

@@ -49,6 +49,9 @@ def build_settings(given: Mapping[str, Any], *, faithful: bool = False) -> Any:
         if user.get("start_pool", 1) > 1:
             raise SettingsError(f"faithful contradicts start_pool {user['start_pool']}", field="start_pool",
                                 value=user["start_pool"], problem="contradicts faithful")
+        if user.get("start") == "encoder":  # a learned start is not PULSE's random one
+            raise SettingsError("faithful contradicts start encoder", field="start", value="encoder",
+                                problem="contradicts faithful")
         values.update(mode="faithful", compile="off", range="latent")
     for key, value in FRONT_END_SETTINGS.items():
         values.setdefault(key, value)

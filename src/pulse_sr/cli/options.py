@@ -8,10 +8,11 @@ Every search-settings option defaults to ``None`` (what the user did not give is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pulse_sr.cli.common import UsageError, int_at_least, layer_list, positive_float
 from pulse_sr.front_end import FRONT_END_SETTINGS, INPUT_DEFAULTS  # torch-free module
@@ -145,7 +146,27 @@ def _add_search_options(s: Any) -> None:
                    help="extended range: split layer (default 0: the generator's default)")
     s.add_argument("--start", choices=STARTS, default=None,
                    help=f"{_default('start')} (default, PULSE): random draws through the Gaussian fit; w_avg: "
-                        "start every candidate at the mapping network's tracked average w (StyleGAN2/3 weights)")
+                        "start every candidate at the mapping network's tracked average w (StyleGAN2/3 weights); encoder "
+                        "(opt-in): seeded starts around a learned encoder's prediction from the input, where one "
+                        "ships for the generator, operator and factor (dcgan-digiface: bicubic and box, x2/x4/x8), "
+                        "else PULSE's start (report.json says which, per candidate)")
+
+
+def add_engine_options(p: Any) -> None:
+    """``run``'s engine: ``--engine local|ray`` and the Ray pool's size (the ``ray`` extra)."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): inputs one after the other in this process; ray: a pool of Ray "
+                   "workers (pip install 'pulse-sr[ray]'), a local Ray started inside the command unless "
+                   "--ray-address; only this machine writes OUTDIR, workers get the inputs' bytes")
+    g.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join an existing Ray cluster (its workers need pulse-sr, and --weights at the same path)")
+    g.add_argument("--ray-workers", type=int_at_least(1), default=None,
+                   help="Ray workers, each loading the generator once (default: one per CPU of this process)")
+    g.add_argument("--threads-per-worker", type=int_at_least(1), default=1,
+                   help="CPUs and torch threads per Ray worker (default 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray worker asks for (default 0; use with --device cuda)")
 
 
 def add_face_options(p: Any) -> None:
@@ -239,6 +260,27 @@ class RunOptions:
         except SettingsError as e:
             raise UsageError(f"--{e.data.get('field', 'degradation').replace('_', '-')}: {e}") from None
 
+    def task_options(self, *, with_mask: bool = True) -> Any:
+        """These options as an engine's :class:`~pulse_sr.engines.tasks.TaskOptions` (with
+        ``with_mask``, the ``--mask`` file's bytes read here and sent along; an unreadable mask is a
+        UsageError)."""
+        import base64
+        import os
+
+        from pulse_sr.engines.tasks import TaskOptions
+
+        mask_data = ""
+        if self.mask is not None and with_mask:
+            try:
+                if os.path.getsize(self.mask) > 64 * 1024 * 1024:  # a mask PNG of 4096x4096 is far smaller
+                    raise UsageError(f"--mask {self.mask}: file too large")
+                mask_data = base64.b64encode(Path(self.mask).read_bytes()).decode("ascii")
+            except OSError as e:
+                raise UsageError(f"--mask {self.mask}: cannot read ({e.strerror or e})") from None
+        return TaskOptions(resize=self.resize, center_crop=self.center_crop, max_pixels=self.max_pixels,
+                           degradation=self.degradation, noise_sigma=self.noise_sigma, grey_output=self.grey_output,
+                           faithful=self.faithful, mask_data=mask_data, mask_name=self.mask or "")
+
     def input_choices(self) -> dict[str, Any]:
         """The keyword arguments of :func:`pulse_sr.input_plan.plan_input` these options give."""
         return {"degradation": self.degradation, "noise_sigma": self.noise_sigma, "grey_output": self.grey_output,
@@ -288,7 +330,8 @@ class PasteOptions:
 
 # -- searching -----------------------------------------------------------------------------
 def check_start(settings: Any, generator: Any) -> None:
-    """``--start w_avg`` needs a mapping network that tracks ``w_avg``: a UsageError up front."""
+    """``--start w_avg`` needs a mapping network that tracks ``w_avg``: a UsageError up front
+    (``--faithful`` refuses ``--start encoder``: :func:`pulse_sr.front_end.build_settings`)."""
     if settings.start == "w_avg":
         from pulse_sr.search.latents import w_avg_latent
 
@@ -310,22 +353,17 @@ def frame_dirs(root: Path, n: int, enabled: bool) -> list[Path]:
     return dirs
 
 
-def search_with_progress(label: str, opts: RunOptions, generator: Any, target: Any, settings: Any,
-                         frames: list[Path], plan: Any = None) -> Any:
-    """:func:`pulse_sr.search.pulse.pulse_search` of ``target [3, h, w]`` in [0, 1] (or of ``plan``,
-    an :class:`~pulse_sr.input_plan.InputPlan`: its target, operator, mask and threshold) with a
-    progress bar on stderr (none with ``--quiet``) named ``label``; each step's images go to
-    ``frames`` (one folder per candidate) when given. Returns the ``SearchResult`` (grey faces
-    with the plan's ``grey_output``)."""
-    from tqdm import tqdm
-
-    from pulse_sr.cli.common import printable
-    from pulse_sr.io.images import to_pil
-    from pulse_sr.search import pulse
-
+@contextlib.contextmanager
+def progress(label: str, opts: RunOptions, settings: Any, frames: list[Path]) -> Iterator[Any]:
+    """A search callback showing a progress bar on stderr (none with ``--quiet``) named ``label``,
+    per-step lines with ``--verbose``, and each step's images saved to ``frames`` (one folder per
+    candidate) when given; the bar is closed on leaving."""
     import time
 
-    from pulse_sr.cli.common import err
+    from tqdm import tqdm
+
+    from pulse_sr.cli.common import err, printable
+    from pulse_sr.io.images import to_pil
 
     sw = max(3, len(str(settings.steps)))
     every, started = max(1, settings.steps // 20), time.perf_counter()  # about 20 lines per search
@@ -349,17 +387,28 @@ def search_with_progress(label: str, opts: RunOptions, generator: Any, target: A
             for k, d in enumerate(frames):
                 to_pil(info.hr[k]).save(d / f"step_{info.step:0{sw}d}.png")
 
+    try:
+        yield callback
+    finally:
+        bar.close()
+
+
+def search_with_progress(label: str, opts: RunOptions, generator: Any, target: Any, settings: Any,
+                         frames: list[Path], plan: Any = None) -> Any:
+    """:func:`pulse_sr.search.pulse.pulse_search` of ``target [3, h, w]`` in [0, 1] (or of ``plan``,
+    an :class:`~pulse_sr.input_plan.InputPlan`: its target, operator, mask and threshold) with
+    :func:`progress`. Returns the ``SearchResult`` (grey faces with the plan's ``grey_output``)."""
+    from pulse_sr.search import pulse
+
     extra: dict[str, Any] = {}
     if plan is not None:
         target = plan.target
         extra = {"operator": plan.operator, "mask": plan.mask, "threshold": plan.threshold}
-    try:
+    with progress(label, opts, settings, frames) as callback:
         result = pulse.pulse_search(
             generator, target, n=opts.n, seed=opts.seed, settings=settings, device=opts.device,
             callback=callback, callback_images=bool(frames), **extra,
         )
-    finally:
-        bar.close()
     if plan is not None and plan.grey_output:
         from pulse_sr.input_plan import grey_faces
 

@@ -9,21 +9,17 @@ engine runs the very same :func:`process_task` inside its actors.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from pulse_sr.engines.process import MAX_INPUT_BYTES  # noqa: F401 - re-exported
 from pulse_sr.engines.tasks import InputTask, TaskOptions, TaskResult, WorkerSpec
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from pulse_sr.generators.base import FaceGenerator
-
-#: inputs larger than this many bytes are refused before they are written or decoded
-MAX_INPUT_BYTES = 256 * 1024 * 1024
-
 
 class WorkerContext:
     """A worker's state, built once: the generator and its Gaussian fit (``None`` without a
@@ -56,27 +52,17 @@ class WorkerContext:
 
 def decode_input(task: InputTask) -> Tensor:
     """The input's bytes as ``[3, H, W]`` float32 in [0, 1], with exactly the checks and
-    conversions of :func:`pulse_sr.io.images.load_image` (through a private temporary file);
-    errors name ``task.name``."""
-    from pulse_sr.errors import ImageError, PulseError
-    from pulse_sr.io.images import load_image
+    conversions of :func:`pulse_sr.io.images.load_image`; errors name ``task.name``."""
+    from pulse_sr.engines.process import decode_bytes
+    from pulse_sr.errors import ImageError
 
     if task.problem:
         raise ImageError(f"{task.name}: {task.problem}", path=task.name, problem=task.problem)
-    if len(task.data) > MAX_INPUT_BYTES:
-        raise ImageError(f"{task.name}: file too large ({len(task.data):,} bytes; the limit is "
-                         f"{MAX_INPUT_BYTES:,})", path=task.name, problem="too large")
-    with tempfile.TemporaryDirectory(prefix="pulse-sr-in-") as tmp:
-        path = Path(tmp) / ("input" + Path(task.name).suffix.lower()[:16])
-        path.write_bytes(task.data)
-        try:
-            return load_image(path, max_pixels=task.options.max_pixels)
-        except PulseError as e:
-            raise e.with_message(e.message.replace(str(path), task.name)) from None
+    return decode_bytes(task.name, task.data, task.options.max_pixels)[0]
 
 
 def process_task(task: InputTask, ctx: WorkerContext) -> TaskResult:
-    """Decode, fit to the generator, search; a :class:`TaskResult` (never raises for a bad
+    """Decode, plan (:func:`pulse_sr.input_plan.plan_input`), search; a :class:`TaskResult` (never raises for a bad
     input: the error travels in the result, kind and one-line message)."""
     from pulse_sr.errors import PulseError
 
@@ -96,19 +82,12 @@ def process_task(task: InputTask, ctx: WorkerContext) -> TaskResult:
 
 
 def _search(task: InputTask, ctx: WorkerContext, started: float) -> TaskResult:
-    from pulse_sr.io.images import fit_to_generator
-    from pulse_sr.search.pulse import pulse_search
+    """:func:`pulse_sr.engines.process.search_task` with the worker's generator and spec."""
+    from pulse_sr.engines.process import search_task
 
-    spec, G = ctx.spec, ctx.generator
-    img = decode_input(task)
-    target, notes = fit_to_generator(img, G.resolution, resize=task.options.resize,
-                                     center_crop=task.options.center_crop, name=task.name)
-    result = pulse_search(G, target, n=spec.n, seed=spec.seed, settings=spec.settings,
-                          device=spec.device, gaussian_fit=ctx.gaussian_fit)
-    info = {"path": task.name, "original_size": [int(img.shape[2]), int(img.shape[1])],
-            "used_size": [int(target.shape[2]), int(target.shape[1])], "notes": notes}
-    return TaskResult(task.name, task.index, target=target, result=result, generator_info=ctx.generator_info,
-                      input_info=info, seconds=time.perf_counter() - started, worker_pid=os.getpid())
+    spec = ctx.spec
+    return search_task(task, generator=ctx.generator, settings=spec.settings, n=spec.n, seed=spec.seed,
+                       device=spec.device, gaussian_fit=ctx.gaussian_fit)
 
 
 def read_tasks(paths: Iterable[str | os.PathLike[str]], options: TaskOptions | None = None) -> list[InputTask]:

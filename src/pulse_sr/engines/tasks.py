@@ -26,11 +26,20 @@ _RESULT_TENSORS = ("target", "hr", "lr", "latents", "ws", "l2", "converged", "st
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Per-input options (the CLI's ``--resize``, ``--center-crop``, ``--max-pixels``)."""
+    """Per-input options: the CLI's ``--resize``, ``--center-crop``, ``--max-pixels``, and the input
+    plan's ``--degradation``, ``--noise-sigma``, ``--grey-output``, ``--faithful`` and ``--mask``
+    (``mask_data``: the mask file's bytes as base64 text, ``mask_name`` its name; JSON-able, so
+    workers need no copy of the file)."""
 
     resize: bool = False
     center_crop: bool = False
     max_pixels: int = 4096 * 4096
+    degradation: str = "auto"
+    noise_sigma: str = "auto"
+    grey_output: bool = False
+    faithful: bool = False
+    mask_data: str = ""
+    mask_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,12 @@ class WorkerSpec:
 class TaskResult:
     """A worker's answer for one input: a search result, or an error.
 
-    Success: ``target`` ``[C, h, w]`` in [0, 1] (the target the search used), ``result`` (the
+    Success: ``target`` ``[3, h, w]`` in [0, 1] (the input as planned: ``input.png``), ``matched``
+    ``[C, s, s]`` (the observation matched when it is not ``target``: ``target.png``), ``result`` (the
     :class:`~pulse_sr.search.settings.SearchResult`, CPU tensors), ``generator_info``
-    (``generator.describe()``), ``input_info`` (``original_size``, ``used_size``, ``notes``),
-    ``seconds`` (load + search on the worker). Failure: ``error_kind`` (a
+    (``generator.describe()``), ``input_info`` (report.json's ``input``: ``path``, ``original_size``,
+    ``used_size``, ``notes`` and the input plan's description), ``summary`` (the plan in one clause),
+    ``threshold`` (the match threshold), ``seconds`` (load + search on the worker). Failure: ``error_kind`` (a
     :class:`~pulse_sr.errors.PulseError` kind, or ``"error"``), ``error_message`` (one line,
     naming the input) and ``error_data``. ``worker_pid``: the process that did the work.
     """
@@ -92,6 +103,9 @@ class TaskResult:
     error_message: str = ""
     error_data: dict[str, Any] = field(default_factory=dict)
     worker_pid: int = 0
+    matched: Tensor | None = None
+    summary: str = ""
+    threshold: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -130,12 +144,14 @@ def _plain(r: TaskResult) -> dict[str, Any]:
         s = r.result
         res = {k: getattr(s, k).detach().cpu() for k in _RESULT_TENSORS}
         res.update(noise=[t.detach().cpu() for t in s.noise], seeds=list(s.seeds), eps=float(s.eps),
-                   settings=s.settings.to_dict(),
+                   settings=s.settings.to_dict(), extras=[dict(e) for e in s.extras],
                    full_steps=None if s.full_steps is None else s.full_steps.detach().cpu())
     return {"name": r.name, "index": r.index, "target": None if r.target is None else r.target.detach().cpu(),
             "result": res, "generator_info": r.generator_info, "input_info": r.input_info,
             "seconds": float(r.seconds), "error_kind": r.error_kind, "error_message": r.error_message,
-            "error_data": r.error_data, "worker_pid": int(r.worker_pid)}
+            "error_data": r.error_data, "worker_pid": int(r.worker_pid),
+            "matched": None if r.matched is None else r.matched.detach().cpu(), "summary": r.summary,
+            "threshold": float(r.threshold)}
 
 
 def _search_result(d: dict[str, Any]) -> SearchResult:
@@ -146,4 +162,5 @@ def _search_result(d: dict[str, Any]) -> SearchResult:
     s["bad_noise_layers"] = tuple(s["bad_noise_layers"])
     s["given"] = tuple(s["given"])
     return SearchResult(**{k: d[k] for k in _RESULT_TENSORS}, noise=list(d["noise"]), seeds=list(d["seeds"]),
-                        eps=float(d["eps"]), settings=SearchSettings(**s), full_steps=d["full_steps"])
+                        eps=float(d["eps"]), settings=SearchSettings(**s), full_steps=d["full_steps"],
+                        extras=[dict(e) for e in d.get("extras", [])])

@@ -49,6 +49,7 @@ from pulse_sr.search.settings import (
     SearchResult,
     SearchSettings,
 )
+from pulse_sr.search.sphere import latent_dims, sphere_norm
 from pulse_sr.search.state import Callback, SearchState, make_optimizer, working_copy
 
 __all__ = [
@@ -199,13 +200,46 @@ def pulse_search(
     state = make_state(generator, target, n=n, seed=seed, settings=settings, device=device,
                        gaussian_fit=gaussian_fit, operator=operator, mask=mask, threshold=threshold,
                        callback=callback, callback_images=callback_images)
+    start_note = _encoder_start(state, target, operator, mask, seed) if settings.start == "encoder" else None
     start = run_coarse_phase(state) if settings.mode == "fast" and coarse_applies(state) else 0
     for step in range(start, settings.steps):
         if state.done.all():
             break
         full_step(state, step)
     result = state.result()
-    return extend_result(state.G, result, state.observations[0], settings=settings, seed=seed, device=state.dev)
+    result = extend_result(state.G, result, state.observations[0], settings=settings, seed=seed, device=state.dev)
+    if start_note is not None:  # report.json says per candidate where it started
+        extras = [dict(e) for e in result.extras] + [{} for _ in range(n - len(result.extras))]
+        result = dataclasses.replace(result, extras=[{**e, "start": start_note} for e in extras])
+    return result
+
+
+def _encoder_start(state: SearchState, target: Tensor, operator: Degradation | None, mask: Tensor | None,
+                   seed: int) -> str:
+    """``start="encoder"``: move the candidates' latents (before any step) to
+    :func:`pulse_sr.search.encoder.encoder_start`'s seeded points around the encoder's prediction
+    for ``target`` ``[3, h, h]`` in [0, 1]. Where no encoder applies (no encoder shipped for the
+    generator, operator and factor; a grey or masked input) PULSE's start stays. Returns the note
+    the report keeps: ``"encoder"``, or ``"gaussian (...why)"``."""
+    from pulse_sr.search.encoder import encoder_start
+
+    name = "bicubic" if operator is None else operator.name
+    why = None
+    if mask is not None:
+        why = "a masked input"
+    elif target.ndim != 3 or target.shape[0] != 3 or target.shape[1] != target.shape[2]:
+        why = f"a {list(target.shape)} target"
+    if why is None:
+        start = encoder_start(state.G, target.to(state.dev, torch.float32).clamp(0, 1), operator_name=name,
+                              n=state.n, seed=seed, tile=state.settings.tile_latent)
+        if start is not None:
+            with torch.no_grad():
+                state.latent.copy_(start.to(state.latent))
+                state.radii[0] = sphere_norm(state.latent, latent_dims(state.latent))
+                state.best_latent = state.latent.detach().clone()
+            return "encoder"
+        why = f"no encoder for {state.G.name or state.G.backend}, {name}, x{state.G.resolution // target.shape[-1]}"
+    return f"gaussian (PULSE's start: {why})"
 
 
 def make_state(generator: FaceGenerator, target: Tensor, *, n: int, seed: int, settings: SearchSettings,

@@ -29,8 +29,9 @@ MODES = ("faithful", "fast", "auto")
 #: candidates within eps from 13/20 (PULSE's lr 0.4, single start) to 18/20, and the median steps
 #: from 71 to 45.5.
 FAST_PRESETS: dict[str, dict[str, object]] = {"dcgan": {"lr": 1.5, "start_pool": 8}}
-#: where latents start: PULSE's draw mapped through the Gaussian fit, or the mapping's ``w_avg``
-STARTS = ("gaussian", "w_avg")
+#: where latents start: PULSE's draw mapped through the Gaussian fit, the mapping's ``w_avg``, or
+#: seeded points around a learned encoder's prediction (search/encoder.py; PULSE's start where none ships)
+STARTS = ("gaussian", "w_avg", "encoder")
 #: full steps through ``torch.compile`` (search/compiled.py): off, on, or auto (on from 512 px)
 COMPILE = ("off", "on", "auto")
 #: what the command line and the web app run unless told otherwise; the library's
@@ -75,7 +76,8 @@ class SearchSettings:
     tile_latent: bool = False
     #: keep optimising a candidate after it is within eps (the original always ran all steps)
     run_all_steps: bool = False
-    #: "gaussian" (PULSE) or "w_avg" (projector-style: every candidate starts at the tracked w_avg)
+    #: "gaussian" (PULSE), "w_avg" (projector-style: every candidate starts at the tracked w_avg) or
+    #: "encoder" (opt-in: around the shipped encoder's prediction from the input; else PULSE's)
     start: str = "gaussian"
     #: each candidate starts at the best (lowest L2 to the input) of this many seeded draws, its own
     #: PULSE draw among them: forward passes only (1 = PULSE's single draw)
