@@ -10,11 +10,20 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-import pytest
-import torch
+# Passive OpenMP waiting, set before anything imports torch (the runtime reads it once, at start),
+# as the CLI and the web app do for themselves: a compute thread that spins at every barrier
+# fights this suite's own server threads, subprocesses and Ray workers, and anything else on a
+# 2-core machine (measured here while the machine was shared: a batched tiny search 4.8 s passive
+# against 50 s spinning). A value the user set is kept.
+from pulse_sr.threads import prefer_passive_wait  # imports nothing heavy
 
-from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1
+prefer_passive_wait()
+
+import numpy as np  # noqa: E402 - after the OpenMP environment above
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1  # noqa: E402
 
 #: float32 machine epsilon, 2**-23 = 1.19e-7 (twice the unit roundoff u = 2**-24).
 EPS32 = float(torch.finfo(torch.float32).eps)
