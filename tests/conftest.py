@@ -5,18 +5,25 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-import pytest
-import torch
+# Passive OpenMP waiting, set before anything imports torch (the runtime reads it once, at start),
+# as the CLI and the web app do for themselves: a compute thread that spins at every barrier
+# fights this suite's own server threads, subprocesses and Ray workers, and anything else on a
+# 2-core machine (measured here while the machine was shared: a batched tiny search 4.8 s passive
+# against 50 s spinning). A value the user set is kept.
+from pulse_sr.threads import prefer_passive_wait  # imports nothing heavy
 
-from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1
+prefer_passive_wait()
+
+import numpy as np  # noqa: E402 - after the OpenMP environment above
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pulse_sr.generators.stylegan1 import StyleGAN1Generator, load_stylegan1  # noqa: E402
 
 #: float32 machine epsilon, 2**-23 = 1.19e-7 (twice the unit roundoff u = 2**-24).
 EPS32 = float(torch.finfo(torch.float32).eps)
@@ -79,11 +86,24 @@ def key_spec(reference: Path) -> dict:
     return json.loads((reference / "stylegan1_pulse_keys.json").read_text())
 
 
+def _reference_weights_rule(reference: Path) -> ModuleType:
+    """The reference's deterministic_weights.py (``tensor_for``, ``state_dict``), imported from its file."""
+    spec = importlib.util.spec_from_file_location("deterministic_weights", reference / "deterministic_weights.py")
+    assert spec is not None and spec.loader is not None
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    return rule
+
+
 @pytest.fixture(scope="session")
 def weights_dir(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """PULSE-format stand-in weights written by the reference script."""
+    # The script's own ``state_dict`` and the ``torch.save`` its ``__main__`` does, run in this
+    # process: the same files, without a second interpreter importing torch (~2.5 s).
+    rule = _reference_weights_rule(reference)
     out = tmp_path_factory.mktemp("stylegan1_weights")
-    subprocess.run([sys.executable, str(reference / "deterministic_weights.py"), str(out)], check=True)
+    for net in ("synthesis", "mapping"):
+        torch.save(rule.state_dict(net), out / f"{net}.pt")
     return out
 
 
@@ -92,10 +112,7 @@ def weights_dir_32(reference: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A 32x32 StyleGAN1 in PULSE's file format (``synthesis.pt`` + ``mapping.pt``, plain state
     dicts, PULSE's key names), filled by the reference script's per-key rule: for plumbing tests
     that need a PULSE weights folder but not the 1024 network's cost."""
-    spec = importlib.util.spec_from_file_location("deterministic_weights", reference / "deterministic_weights.py")
-    assert spec is not None and spec.loader is not None
-    rule = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rule)
+    rule = _reference_weights_rule(reference)
     out = tmp_path_factory.mktemp("stylegan1_32_weights")
     g = StyleGAN1Generator(resolution=32)
     for net, module in (("synthesis", g.synthesis_net), ("mapping", g.mapping_net)):
@@ -143,7 +160,11 @@ def dcgan():
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Gaussian fits computed by tests go to a temporary cache, never the user's."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("PULSE_SR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # basetemp/cache: the folder test_cli, test_hostile and test_first_hour point their own
+    # fixtures at, so the session computes each generator's Gaussian fit once, not once per folder
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    cache.mkdir(exist_ok=True)
+    mp.setenv("PULSE_SR_CACHE", str(cache))
     yield
     mp.undo()
 

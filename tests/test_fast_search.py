@@ -217,7 +217,6 @@ def _write_input(path) -> None:
 
 
 def test_cli_mode_and_start_flags(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("PULSE_SR_CACHE", str(tmp_path / "cache"))
     _write_input(tmp_path / "f.png")
     base = ["run", tmp_path / "f.png", "--generator", "tiny", "--steps", "6", "--n", "1", "--quiet"]
     code, _, err = _cli([*base, "-o", tmp_path / "a", "--start", "w_avg"], capsys)
@@ -344,7 +343,6 @@ def test_compile_auto_and_bad_value(tiny, tiny_fit) -> None:
 
 
 def test_cli_faithful_never_compiles(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("PULSE_SR_CACHE", str(tmp_path / "cache"))
     _write_input(tmp_path / "f.png")
     base = ["run", tmp_path / "f.png", "--generator", "tiny", "--steps", "3", "--n", "1", "--quiet"]
     code, _, err = _cli([*base, "-o", tmp_path / "a", "--faithful", "--compile", "on"], capsys)
@@ -406,7 +404,6 @@ def test_dcgan_fast_preset_planted(dcgan) -> None:
 
 
 def test_cli_default_mode_is_auto(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("PULSE_SR_CACHE", str(tmp_path / "cache"))
     from PIL import Image
 
     rng = __import__("numpy").random.default_rng(1)
