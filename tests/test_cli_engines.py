@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("ray.data")
+try:  # the Ray engine's tests run wherever the suite runs: scripts/setup --test installs the ray extra
+    import ray.data  # noqa: F401
+except ImportError:  # pragma: no cover - a setup problem, said as one line, never a silent skip
+    pytest.fail("Ray Data is missing: run scripts/setup --test (pip install -e '.[ray,test]')", pytrace=False)
 
 from conftest import planted  # shared test helper  # noqa: E402
 
@@ -136,3 +139,14 @@ def test_ray_options_need_the_ray_engine(folder, tmp_path, capsys):
     code, out, err = _run(["run", folder, "-o", tmp_path / "out", *FAST, "--ray-workers", "2"], capsys)
     assert (code, err.strip()) == (2, "error: --ray-workers: only with --engine ray")
     assert not (tmp_path / "out").exists()
+
+
+def test_restore_refuses_the_ray_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """restore takes every run option, the engine's too, but runs on the local engine only."""
+    from pulse_sr import cli
+
+    code = cli.main(["restore", str(tmp_path / "none.png"), "-o", str(tmp_path / "o"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "local engine only" in err and len(err.strip().splitlines()) == 1
+    code = cli.main(["restore", str(tmp_path / "none.png"), "-o", str(tmp_path / "o"), "--ray-workers", "2"])
+    assert code == 2 and "only with --engine ray" in capsys.readouterr().err

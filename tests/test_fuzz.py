@@ -185,6 +185,7 @@ def test_fuzz_helpers_catch_a_traceback(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(images, "load_image", broken)
     monkeypatch.setattr(images, "load_rgb8", broken)
+    monkeypatch.setattr(images, "load_input", broken)  # what run reads inputs with
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")
     with pytest.raises(AssertionError):

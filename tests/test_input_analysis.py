@@ -15,7 +15,7 @@ from pulse_sr.degradations.detect import LUMA_NOISE_FACTOR, analyse_input
 from pulse_sr.degradations.greyscale import is_grey
 from pulse_sr.errors import SizeError
 
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata  # noqa: E402 - the test extra installs scikit-image; never skipped
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:

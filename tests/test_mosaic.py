@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from pulse_sr.degradations.bicubic import bicubic_downsample
 from pulse_sr.degradations.mosaic import Mosaic, detect_mosaic
 
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata  # noqa: E402 - the test extra installs scikit-image; never skipped
 
 # Block means are the box operator's target, so their error eats into PULSE's eps (2e-3):
 # a quarter of it for JPEG q >= 70 leaves the search most of its budget.

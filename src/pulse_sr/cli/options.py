@@ -169,6 +169,15 @@ def add_engine_options(p: Any) -> None:
                    help="GPUs each Ray worker asks for (default 0; use with --device cuda)")
 
 
+def check_local_engine_flags(args: Any) -> None:
+    """The Ray pool's options make sense only with ``--engine ray``: a UsageError otherwise."""
+    for flag, value in (("--ray-address", getattr(args, "ray_address", None)),
+                        ("--ray-workers", getattr(args, "ray_workers", None)),
+                        ("--gpus-per-worker", getattr(args, "gpus_per_worker", 0) or None)):
+        if value is not None:
+            raise UsageError(f"{flag}: only with --engine ray")
+
+
 def add_face_options(p: Any) -> None:
     """Options that choose and align faces (``align``, ``restore``, ``run --align``)."""
     g = p.add_argument_group("faces")

@@ -23,8 +23,9 @@ from pulse_sr.cli.common import (
     settings_from_args, verbose, version,
 )
 from pulse_sr.cli.options import (
-    PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_face_options, add_paste_options,
-    add_run_options, check_start, frame_dirs, search_with_progress,
+    PHOTO_MAX_PIXELS, FaceOptions, PasteOptions, RunOptions, add_engine_options, add_face_options,
+    add_paste_options, add_run_options, check_local_engine_flags, check_start, frame_dirs,
+    search_with_progress,
 )
 
 NOT_CONVERGED = "with a face without a candidate within eps"
@@ -42,6 +43,7 @@ def add_parser(sub: Any) -> None:
         "restored.png, comparison.png, face_KK/ (the search results) and report.json.",
     )
     add_run_options(p)  # every option of `run`, same names and defaults
+    add_engine_options(p)  # accepted as by `run`; restore runs on the local engine (checked in restore_main)
     for action in p._actions:  # photos are larger than the tiny faces `run` expects
         if action.dest == "max_pixels":
             action.help = "refuse larger photos (default 8192*8192)"
@@ -71,6 +73,9 @@ def restore_main(args: argparse.Namespace) -> int:
     (:func:`add_face_options`, :func:`add_paste_options`) default when absent.
     Exit codes as ``run``: 0, 1 some photo failed, 2 usage, 3 a face without a candidate within eps.
     """
+    if getattr(args, "engine", "local") != "local":
+        raise UsageError("restore runs on the local engine only (drop --engine ray)")
+    check_local_engine_flags(args)
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     paste = PasteOptions.from_args(args, opts.n)

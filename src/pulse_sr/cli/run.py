@@ -20,8 +20,8 @@ from pulse_sr.cli.common import (
     not_converged_hint, one_line, prepare_jobs, resolve_device, result_dir, run_jobs, settings_from_args, verbose,
 )
 from pulse_sr.cli.options import (  # noqa: F401 - add_run_options, check_start re-exported for callers
-    RunOptions, add_engine_options, add_face_options, add_paste_options, add_run_options, check_start,
-    frame_dirs, progress, search_with_progress,
+    RunOptions, add_engine_options, add_face_options, add_paste_options, add_run_options,
+    check_local_engine_flags, check_start, frame_dirs, progress, search_with_progress,
 )
 
 RAY_HINT = "pip install 'pulse-sr[ray]'"
@@ -59,11 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if engine == "ray":
         _check_ray(args)
     else:
-        for flag, value in (("--ray-address", getattr(args, "ray_address", None)),
-                            ("--ray-workers", getattr(args, "ray_workers", None)),
-                            ("--gpus-per-worker", getattr(args, "gpus_per_worker", 0) or None)):
-            if value is not None:
-                raise UsageError(f"{flag}: only with --engine ray")
+        check_local_engine_flags(args)
     settings = settings_from_args(args)
     opts = RunOptions.from_args(args)
     opts.check_input_choices()
