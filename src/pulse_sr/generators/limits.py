@@ -184,3 +184,25 @@ def check_tensors(state: Mapping[str, Any], module: nn.Module) -> None:
         check_dtype(key, t.dtype, want.dtype)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise WeightsError(f"tensor {key}: holds NaN or infinite values", tensor=key)
+
+
+def load_checked_state_dict(cls: Callable[..., nn.Module], ctor: Mapping[str, Any], state: Mapping[str, Any], *,
+                            name: str, label: str, seed: int | None = None,
+                            device: str | torch.device = "cpu") -> Any:
+    """``cls(**ctor)`` with ``state`` loaded (strict keys and shapes), in eval mode with frozen
+    parameters: values must be tensors, the arguments, size and shapes are checked on the meta
+    device before any allocation (:func:`build_checked`), dtypes and values by :func:`check_tensors`;
+    tensors become float32. ``name``: the generator's name and the errors' prefix; ``label``: how
+    the state dict is named in errors (e.g. ``StyleGAN2``)."""
+    bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    if bad:
+        raise WeightsError(f"{label} state dict: non-tensor values for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        gen = build_checked(cls, ctor, shapes=shapes, seed=seed, what=f"{label} generator")
+    except WeightsError as exc:
+        raise WeightsError(f"{name}: {exc}", **exc.data) from None
+    check_tensors(state, gen)
+    gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    gen.name = name
+    return gen.eval().requires_grad_(False).to(device)

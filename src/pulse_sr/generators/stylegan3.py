@@ -391,18 +391,7 @@ def load_stylegan3_state_dict(state: Mapping[str, Tensor], kwargs: Mapping[str, 
     """Build ``StyleGAN3Generator`` from NVIDIA's init kwargs and load ``G_ema``'s state dict (strict keys
     and shapes), in eval mode with frozen parameters. Arguments, size, shapes, dtypes and values are
     validated first (:mod:`pulse_sr.generators.limits`); tensors are converted to float32."""
-    from pulse_sr.generators.limits import build_checked, check_tensors
+    from pulse_sr.generators.limits import load_checked_state_dict
 
-    ctor = stylegan3_kwargs(kwargs)
-    bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
-    if bad:
-        raise WeightsError(f"StyleGAN3 state dict: non-tensor values for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    try:  # arguments checked and shapes compared on the meta device before any allocation
-        gen = build_checked(StyleGAN3Generator, ctor, shapes=shapes, seed=0, what="StyleGAN3 generator")
-    except WeightsError as exc:
-        raise WeightsError(f"stylegan3: {exc}", **exc.data) from None
-    check_tensors(state, gen)
-    gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    gen.name = "stylegan3"
-    return gen.eval().requires_grad_(False).to(device)
+    return load_checked_state_dict(StyleGAN3Generator, stylegan3_kwargs(kwargs), state, name="stylegan3", label="StyleGAN3", seed=0,
+                                   device=device)
