@@ -169,6 +169,16 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a busy machine OpenMP barriers make each
+    small op wait for descheduled threads (10x slower); restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The 32x32 random-init test generator (never modified by the search)."""

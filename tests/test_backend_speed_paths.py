@@ -22,14 +22,6 @@ from pulse_sr.generators.stylegan2 import StyleGAN2Generator, stylegan2_kwargs
 from pulse_sr.search.compiled import synthesis_for
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sg2_tiny(dtype: torch.dtype) -> StyleGAN2Generator:
     g = StyleGAN2Generator(**stylegan2_kwargs(SG2_TINY), init_generator=torch.Generator().manual_seed(0))
     g.load_state_dict(_tiny_state(load_sg23_reference(), SG2_TINY))

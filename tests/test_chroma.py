@@ -14,12 +14,7 @@ from pulse_sr.search.chroma import ChromaPrior, cached_chroma_prior, chroma_cach
 SAMPLES = 400
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny networks, one thread
 
 
 @pytest.fixture(scope="module")

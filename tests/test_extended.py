@@ -18,13 +18,7 @@ SG3_SMALL = dict(z_dim=8, w_dim=8, img_resolution=32, channel_base=256, channel_
                  mapping_kwargs={"num_layers": 2})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads on a shared machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny networks, one thread
 
 
 def _small_generators(tiny, dcgan) -> dict:

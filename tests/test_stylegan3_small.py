@@ -88,16 +88,6 @@ TINY_KWARGS = {"z_dim": 8, "c_dim": 0, "w_dim": 8, "img_resolution": 32, "img_ch
                "mapping_kwargs": {"num_layers": 2, "lr_multiplier": 0.01, "w_avg_beta": 0.998}}
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a busy machine OpenMP barriers make each
-    small op wait for descheduled threads (10x slower); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_state(kwargs: dict = TINY_KWARGS) -> dict[str, torch.Tensor]:
     """Stand-in weights for a small config: the reference's per-key rule, our constructor's buffers."""
     g = StyleGAN3Generator(**stylegan3_kwargs(kwargs), init_generator=torch.Generator().manual_seed(0))
